@@ -1,0 +1,170 @@
+"""Fetch the MNIST IDX files from a list of mirrors and verify them by SHA-256.
+
+Files are verified by the digest of their decompressed content, because mirrors re-compress
+the archives and the `.gz` bytes differ between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mnist_pipeline.idx import decompress, parse_idx
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the progress bar is a nicety, not a dependency
+    tqdm = None
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+MIRROR_ENV = "MNIST_MIRROR"
+
+
+class DownloadError(RuntimeError):
+    """No mirror could supply a file whose decompressed content has the expected SHA-256."""
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(
+    dest: str | Path,
+    files: Mapping[str, str],
+    mirrors: Sequence[str],
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Make sure `dest` holds each file in `files` (name -> SHA-256 of decompressed content).
+
+    Files already present with the right digest are kept without touching the network. Others
+    are fetched from the first mirror that has them: `$MNIST_MIRROR` if set, then `mirrors`.
+    A mirror is an http(s):// or file:// URL, or a directory; for each file it is asked for
+    `name.gz`, then `name`. Returns name -> path in `dest`.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    env_mirror = os.environ.get(MIRROR_ENV)
+    mirrors = [env_mirror, *mirrors] if env_mirror else list(mirrors)
+
+    paths = {}
+    for name, sha256 in files.items():
+        path = dest / name
+        if path.is_file():
+            if sha256_of(path) == sha256.lower():
+                log.debug("%s: present and verified", path)
+                paths[name] = path
+                continue
+            log.warning("%s: present but its sha256 differs, fetching it again", path)
+        _fetch_file(path, sha256.lower(), mirrors, timeout, progress)
+        paths[name] = path
+    return paths
+
+
+def _fetch_file(
+    path: Path, sha256: str, mirrors: Sequence[str], timeout: float, progress: bool
+) -> None:
+    """Fetch one file from the first mirror that serves verified content, or raise."""
+    failures = []
+    for mirror in mirrors:
+        base = _base_url(mirror)
+        reasons = []
+        for candidate in (path.name + ".gz", path.name):
+            url = base + candidate
+            local = urllib.request.url2pathname(urlparse(url).path)
+            if urlparse(url).scheme == "file" and not Path(local).exists():
+                reasons.append(f"{candidate}: not found")  # directories may hold either form
+                continue
+            # Temp file in dest so the final os.replace is an atomic rename on one filesystem.
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+            try:
+                size = _download(url, tmp, timeout, progress and sys.stderr.isatty())
+                _verify(tmp, candidate, sha256)
+                os.replace(tmp, path)
+                log.info("fetched %s from %s (%.2f MB)", path.name, mirror, size / 1e6)
+                return
+            except ValueError as err:  # not the file; the message already names the candidate
+                reasons.append(str(err))
+            except (urllib.error.HTTPError, http.client.HTTPException) as err:
+                reasons.append(f"{candidate}: {_describe(err, timeout)}")
+            except OSError as err:  # includes URLError
+                reasons.append(f"{candidate}: {_describe(err, timeout)}")
+                break  # unreachable or stalled: asking for the other name would only wait again
+            finally:
+                tmp.unlink(missing_ok=True)
+        log.warning("%s: mirror %s failed: %s", path.name, mirror, "; ".join(reasons))
+        failures.append(f"  {mirror}: {'; '.join(reasons)}")
+
+    tried = "\n".join(failures) or f"  no mirrors given (set ${MIRROR_ENV} or pass mirrors)"
+    raise DownloadError(
+        f"could not fetch {path.name} (expected sha256 {sha256}) from any mirror:\n{tried}"
+    )
+
+
+def _download(url: str, tmp: Path, timeout: float, progress: bool) -> int:
+    """Stream `url` into `tmp`; return the number of bytes received."""
+    size = 0
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "xb") as f:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with _progress_bar(total, url.rsplit("/", 1)[-1], progress) as bar:
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+                size += len(chunk)
+                if bar:
+                    bar.update(len(chunk))
+    # http.client returns a short body without complaint when the server hangs up early.
+    if total is not None and size < total:
+        raise ConnectionError(f"connection closed after {size} of {total} bytes")
+    return size
+
+
+def _progress_bar(total: int | None, desc: str, enabled: bool):
+    """A tqdm byte counter when wanted and available, else a context yielding None."""
+    if not enabled or tqdm is None:
+        return contextlib.nullcontext()
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+
+
+def _verify(tmp: Path, candidate: str, sha256: str) -> None:
+    """Replace `tmp` by its decompressed content, or raise ValueError if that is not the file."""
+    content = decompress(tmp.read_bytes(), candidate)
+    # Parse first: an HTML error page served with status 200 gets a clearer reason than a digest.
+    parse_idx(content, candidate)
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != sha256:
+        raise ValueError(f"{candidate}: sha256 mismatch, got {actual}")
+    tmp.write_bytes(content)
+
+
+def _base_url(mirror: str) -> str:
+    """Mirror as a URL ending in '/': directories become file:// URLs."""
+    url = mirror if "://" in mirror else Path(mirror).expanduser().resolve().as_uri()
+    return url if url.endswith("/") else url + "/"
+
+
+def _describe(err: BaseException, timeout: float) -> str:
+    """Short reason for a failed request, without urllib's wrapper noise."""
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError) and isinstance(err.reason, BaseException):
+        err = err.reason
+    if isinstance(err, TimeoutError):
+        return f"timed out after {timeout:g} s"
+    return f"{type(err).__name__}: {err}"

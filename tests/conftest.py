@@ -1,0 +1,221 @@
+"""Shared test helpers: a tiny synthetic MNIST and a loopback HTTP mirror with failure modes."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+from mnist_pipeline.idx import write_idx
+
+SPLITS = {"train": "train", "test": "t10k"}
+
+
+def make_tiny_mnist(
+    directory: Path, n_train: int = 600, n_test: int = 200, compress: bool = True, seed: int = 0
+) -> dict[str, str]:
+    """Write the four MNIST files with synthetic, easily learnable digits into `directory`.
+
+    Each class is a fixed pattern of a few bright blobs; a sample is its class pattern shifted
+    by up to 2 pixels, scaled in brightness and covered in noise. Labels are balanced. Returns
+    {decompressed file name: sha256 of its decompressed content}.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    centres = [(y, x) for y in (6, 11, 16, 21) for x in (6, 11, 16, 21)]
+    prototypes = np.zeros((10, 28, 28))
+    for proto, cells in zip(prototypes, _distinct_subsets(rng, len(centres), 4, 10), strict=True):
+        for cell in cells:
+            cy, cx = centres[cell]
+            proto += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0**2))
+    prototypes = np.pad(
+        prototypes / prototypes.max(axis=(1, 2), keepdims=True), ((0, 0), (2, 2), (2, 2))
+    )
+    # Every 28x28 window of the padded prototypes: indexing it shifts all samples at once.
+    windows = np.lib.stride_tricks.sliding_window_view(prototypes, (28, 28), axis=(1, 2))
+
+    sha256s = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.permutation(np.arange(n) % 10)
+        dy, dx = rng.integers(0, 5, size=(2, n))
+        brightness = rng.uniform(0.7, 1.0, size=(n, 1, 1))
+        images = windows[labels, dy, dx] * brightness * 255 + rng.normal(0, 20, size=(n, 28, 28))
+        images = np.clip(images, 0, 255).astype(np.uint8)
+        for kind, data, dims in (("images", images, 3), ("labels", labels, 1)):
+            name = f"{SPLITS[split]}-{kind}-idx{dims}-ubyte"
+            path = directory / (name + ".gz" if compress else name)
+            write_idx(path, data, compress=compress)
+            sha256s[name] = content_sha256(path)
+    return sha256s
+
+
+def _distinct_subsets(rng: np.random.Generator, n: int, k: int, count: int) -> list[tuple]:
+    """`count` different k-subsets of range(n), so no two classes share a pattern."""
+    subsets: set[tuple] = set()
+    while len(subsets) < count:
+        subsets.add(tuple(sorted(rng.choice(n, k, replace=False))))
+    return sorted(subsets)
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, decompressed first if it is gzipped."""
+    raw = path.read_bytes()
+    return hashlib.sha256(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).hexdigest()
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """(directory holding a gzipped tiny MNIST, {file name: sha256 of decompressed content})."""
+    directory = tmp_path / "tiny_mnist"
+    return directory, make_tiny_mnist(directory)
+
+
+class MirrorURL(str):
+    """A mirror's base URL that also records the paths requested from it (without '/')."""
+
+    requests: list[str]
+
+
+# What the "html" behaviour serves with status 200, as captive portals and CDN error pages do.
+HTML_PAGE = b"<!DOCTYPE html><html><body><h1>Welcome to our CDN!</h1></body></html>\n"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    behaviours: Mapping[str, str | bytes]
+    requests: list[str]
+    stop: threading.Event
+
+    def do_GET(self) -> None:
+        name = urlsplit(self.path).path.lstrip("/")
+        self.requests.append(name)
+        behaviour = self.behaviours.get(name)
+        if behaviour is None:
+            super().do_GET()
+        elif behaviour == "404":
+            self.send_error(404)
+        elif behaviour == "html":
+            self._send(HTML_PAGE, content_type="text/html")
+        elif behaviour == "stall":  # never answer: the client must time out
+            self.stop.wait(30)
+        elif isinstance(behaviour, bytes):
+            self._send(behaviour)
+        else:
+            self._send_broken(behaviour, Path(self.translate_path(self.path)).read_bytes())
+
+    def _send_broken(self, behaviour: str, body: bytes) -> None:
+        half = len(body) // 2
+        if behaviour == "corrupt":  # flip 16 bytes in the middle, keep the length
+            flipped = bytes(b ^ 0xFF for b in body[half : half + 16])
+            self._send(body[:half] + flipped + body[half + 16 :])
+        elif behaviour == "truncate":  # promise the whole file, send half, hang up
+            self._send(body[:half], length=len(body))
+        elif behaviour == "stall-body":  # send half, then go silent mid-transfer
+            self._send(body[:half], length=len(body))
+            self.wfile.flush()
+            self.stop.wait(30)
+        else:
+            raise ValueError(f"unknown mirror behaviour {behaviour!r}")
+
+    def _send(
+        self, body: bytes, content_type: str = "application/octet-stream", length: int | None = None
+    ) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def http_mirror(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., MirrorURL]]:
+    """Factory: `http_mirror(directory, behaviours=None) -> MirrorURL` ('http://127.0.0.1:PORT/').
+
+    Serves `directory` over real HTTP on loopback. `behaviours` maps a path (e.g.
+    "train-images-idx3-ubyte.gz") to what to do instead: "404"; "html" (200 with an HTML page);
+    "stall" (never answer); "stall-body" (send half, then go silent); "corrupt" (the file with
+    16 bytes flipped); "truncate" (promise the whole file, send half, close); or raw bytes to
+    serve with 200. `url.requests` lists every requested path, in order.
+    """
+    # A proxy configured in the environment must not see (or swallow) loopback requests.
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    started: list[tuple[ThreadingHTTPServer, threading.Thread, threading.Event]] = []
+
+    def start(directory: Path, behaviours: Mapping[str, str | bytes] | None = None) -> MirrorURL:
+        stop, requests = threading.Event(), []
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {"behaviours": dict(behaviours or {}), "requests": requests, "stop": stop},
+        )
+        server = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
+        )
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        started.append((server, thread, stop))
+        url = MirrorURL(f"http://127.0.0.1:{server.server_address[1]}/")
+        url.requests = requests
+        return url
+
+    yield start
+    for server, thread, stop in started:
+        stop.set()  # wake stalled handlers so their threads end now, not 30 s later
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch):
+    """Factory: `tiny_run(*overrides, cwd=REPO, script="train.py") -> CompletedProcess`.
+
+    Runs a real `python src/<script>` on the tiny data set (served by MNIST_MIRROR), with
+    every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`.
+    """
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    base = [
+        f"data.dir={tmp_path / 'data' / 'mnist'}",
+        "data.local_mirror=null",
+        "data.mirrors=[]",
+        "data.val_size=100",
+        "data.batch_size=50",
+        "trainer.max_epochs=2",
+        "callbacks.progress_bar=false",
+        "callbacks.model_summary=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        *(f"data.files.{name}={digest}" for name, digest in sha256s.items()),
+    ]
+
+    def run(*overrides: str, cwd: Path = REPO, script: str = "train.py", check: bool = True):
+        result = subprocess.run(
+            [sys.executable, str(cwd / "src" / script), *base, *overrides],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        return result
+
+    return run

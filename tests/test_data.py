@@ -1,0 +1,73 @@
+import torch
+
+from mnist_pipeline.data import MNISTDataModule, TensorBatches, split_indices
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    train, val = split_indices(1000, 100, seed=0)
+    again_train, again_val = split_indices(1000, 100, seed=0)
+    assert torch.equal(train, again_train) and torch.equal(val, again_val)
+    assert len(val) == 100 and len(train) == 900
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(1000))
+    _, other_val = split_indices(1000, 100, seed=1)
+    assert not torch.equal(val, other_val)
+
+
+def _batches(n=103, batch_size=10, **kwargs):
+    images = torch.arange(n, dtype=torch.uint8).repeat_interleave(784).view(n, 28, 28)
+    return TensorBatches(images, torch.arange(n), batch_size, **kwargs)
+
+
+def test_each_epoch_is_a_fresh_permutation_of_every_sample():
+    epoch = [0]
+    batches = _batches(shuffle=True, epoch=lambda: epoch[0])
+    first = torch.cat([labels for _, labels in batches])
+    assert sorted(first.tolist()) == list(range(103))
+    assert len(list(batches)) == len(batches) == 11
+    epoch[0] = 1
+    second = torch.cat([labels for _, labels in batches])
+    assert sorted(second.tolist()) == list(range(103)) and not torch.equal(first, second)
+    epoch[0] = 0
+    assert torch.equal(torch.cat([labels for _, labels in batches]), first)
+
+
+def test_images_stay_with_their_labels():
+    for images, labels in _batches(shuffle=True):
+        assert torch.equal(images[:, 0, 0].long(), labels % 256)
+
+
+def test_ranks_get_disjoint_equal_shards_covering_the_epoch():
+    shards = [
+        torch.cat([labels for _, labels in _batches(n=100, shuffle=True, rank=r, world_size=4)])
+        for r in range(4)
+    ]
+    assert [len(s) for s in shards] == [25] * 4
+    assert sorted(torch.cat(shards).tolist()) == list(range(100))
+    # Uneven sizes: training shards are cut to equal length (DDP needs equal step counts).
+    uneven = [_batches(n=103, shuffle=True, rank=r, world_size=2) for r in range(2)]
+    assert len(uneven[0]) == len(uneven[1])
+    assert sum(len(torch.cat([lb for _, lb in b])) for b in uneven) == 102
+
+
+def test_evaluation_shards_count_every_sample_once():
+    shards = [torch.cat([lb for _, lb in _batches(n=103, rank=r, world_size=2)]) for r in range(2)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(103))
+
+
+def test_datamodule_fetches_splits_and_scales(tmp_path, tiny_mnist, monkeypatch):
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    datamodule = MNISTDataModule(tmp_path / "mnist", sha256s, val_size=100, batch_size=32)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    assert [len(part[1]) for part in (datamodule.train, datamodule.val, datamodule.test)] == [
+        500,
+        100,
+        200,
+    ]
+    assert datamodule.train[0].dtype == torch.uint8
+    images, labels = datamodule.on_after_batch_transfer(
+        next(iter(datamodule.train_dataloader())), 0
+    )
+    assert images.dtype == torch.float32 and images.shape == (32, 28, 28)
+    assert 0.0 <= images.min() and images.max() <= 1.0 and labels.dtype == torch.int64
