@@ -1,0 +1,101 @@
+"""Every figure function writes a PNG that opens, atomically, from tiny random inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnist_pipeline import figures
+
+
+def _curve(epochs: int, rng: np.random.Generator) -> list[dict[str, float | str]]:
+    rows: list[dict[str, float | str]] = [
+        {
+            "epoch": epoch,
+            "train_loss": float(rng.uniform(0.1, 1)),
+            "train_acc": float(rng.uniform(0.8, 1)),
+            "val_loss": float(rng.uniform(0.1, 1)),
+            "val_acc": float(rng.uniform(0.8, 1)),
+        }
+        for epoch in range(1, epochs + 1)
+    ]
+    rows[-1]["val_loss"] = ""  # a metric not logged in some epoch
+    return rows
+
+
+def _open_png(path: Path) -> Image.Image:
+    """The PNG at `path`, checked to be the only file in its directory (no temp files left)."""
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    image = Image.open(path)
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def test_confusion_matrix(tmp_path: Path, rng: np.random.Generator) -> None:
+    matrix = torch.from_numpy(rng.integers(0, 50, size=(10, 10))) + 500 * torch.eye(10).long()
+    figures.confusion_matrix_figure(matrix, tmp_path / "confusion.png")
+    _open_png(tmp_path / "confusion.png")
+
+
+@pytest.mark.parametrize("count", [0, 3, 8])
+def test_misclassified(tmp_path: Path, rng: np.random.Generator, count: int) -> None:
+    images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(count, 10))), dim=1)
+    labels = rng.integers(0, 10, size=count)
+    figures.misclassified_figure(
+        images, labels, probabilities, tmp_path / "wrong.png", max_images=6
+    )
+    _open_png(tmp_path / "wrong.png")
+
+
+def test_training_curves(tmp_path: Path, rng: np.random.Generator) -> None:
+    figures.training_curves_figure(_curve(4, rng), tmp_path / "curves.png")
+    _open_png(tmp_path / "curves.png")
+
+
+@pytest.mark.parametrize(
+    ("hidden", "max_neurons", "size"),
+    [
+        # max(cols, 8) * 80 wide, rows * 80 + 100 high; cols = min(n, 16)
+        (20, 128, (16 * 80, 2 * 80 + 100)),
+        (40, 18, (16 * 80, 2 * 80 + 100)),
+        (5, 128, (8 * 80, 1 * 80 + 100)),
+    ],
+)
+def test_first_layer_weights_size(
+    tmp_path: Path, hidden: int, max_neurons: int, size: tuple[int, int]
+) -> None:
+    weight = torch.randn(hidden, 784, requires_grad=True)  # as taken from a live nn.Linear
+    figures.first_layer_weights_figure(weight, tmp_path / "weights.png", max_neurons=max_neurons)
+    assert _open_png(tmp_path / "weights.png").size == size
+
+
+def test_digit_walkthrough(tmp_path: Path, rng: np.random.Generator) -> None:
+    k, hidden = 2, 32
+    logits = rng.normal(size=(k, 10)) * 3
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    figures.digit_walkthrough_figure(
+        rng.uniform(size=(k, 28, 28)),
+        np.maximum(rng.normal(size=(k, hidden)), 0),
+        logits,
+        probabilities,
+        rng.integers(0, 10, size=k),
+        tmp_path / "walkthrough.png",
+    )
+    _open_png(tmp_path / "walkthrough.png")
+
+
+def test_activation_comparison(tmp_path: Path, rng: np.random.Generator) -> None:
+    curves = {"relu": _curve(3, rng), "sigmoid": _curve(3, rng)}
+    figures.activation_comparison_figure(curves, tmp_path / "activations.png")
+    _open_png(tmp_path / "activations.png")
