@@ -207,8 +207,10 @@ def tiny_run(tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatc
     ]
 
     def run(*overrides: str, cwd: Path = REPO, script: str = "train.py", check: bool = True):
+        flags = [arg for arg in overrides if arg.startswith("-")]  # argparse wants them first
+        overrides = [arg for arg in overrides if not arg.startswith("-")]
         result = subprocess.run(
-            [sys.executable, str(cwd / "src" / script), *base, *overrides],
+            [sys.executable, str(cwd / "src" / script), *flags, *base, *overrides],
             cwd=cwd,
             capture_output=True,
             text=True,

@@ -57,6 +57,7 @@ def test_normalisation_is_inside_the_model():
 
 
 def test_optimizer_choice():
-    assert isinstance(Classifier(optimizer="adam").configure_optimizers(), torch.optim.Adam)
-    sgd = Classifier(optimizer="sgd", lr=0.1, momentum=0.9).configure_optimizers()
+    adam = Classifier(optimizer="adam", scheduler="none").configure_optimizers()
+    assert isinstance(adam, torch.optim.Adam)
+    sgd = Classifier(optimizer="sgd", lr=0.1, momentum=0.9, scheduler="none").configure_optimizers()
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9

@@ -32,6 +32,11 @@ class OptimizerName(str, Enum):
     sgd = "sgd"
 
 
+class Scheduler(str, Enum):
+    none = "none"
+    cosine = "cosine"
+
+
 class LoggerBackend(str, Enum):
     mlflow = "mlflow"
     none = "none"
@@ -71,6 +76,7 @@ class OptimizerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float | None = None
+    scheduler: Scheduler = Scheduler.cosine
 
 
 @dataclass

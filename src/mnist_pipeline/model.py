@@ -8,6 +8,7 @@ caller (a notebook, `predict.py`, an MLflow pyfunc) never has to know the data s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -82,6 +83,7 @@ class Classifier(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         momentum: float | None = None,
+        scheduler: str = "cosine",
         log_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
@@ -157,9 +159,14 @@ class Classifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         hp = self.hparams
         extra = {} if hp.momentum is None else {"momentum": hp.momentum}
-        return OPTIMIZERS[hp.optimizer](
+        optimizer = OPTIMIZERS[hp.optimizer](
             self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **extra
         )
+        if hp.scheduler == "none":
+            return optimizer
+        # Cosine decay to 0 over the run, stepped per epoch.
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.trainer.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

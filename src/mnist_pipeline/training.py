@@ -53,6 +53,7 @@ def build_model(cfg: DictConfig) -> Classifier:
         lr=opt.lr,
         weight_decay=opt.weight_decay,
         momentum=opt.momentum,
+        scheduler=opt.scheduler.value,
         log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
     )
 

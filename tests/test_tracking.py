@@ -1,0 +1,145 @@
+"""MLflow tracking against real stores: a sqlite file and an `mlflow server` on loopback."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mnist_pipeline.evaluation import load_checkpoint, predict
+from mnist_pipeline.idx import load_images_and_labels
+
+
+def _runs(uri):
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments])
+
+
+def test_training_run_is_fully_tracked(tiny_run, tmp_path):
+    tiny_run("model.hidden=24", "model.activation=sigmoid")
+    client, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "mlp-h24-sigmoid"
+
+    params = run.data.params
+    assert params["model.hidden"] == "24" and params["model.activation"] == "sigmoid"
+    assert params["optimizer.lr"] == "0.001" and params["trainer.max_epochs"] == "2"
+    assert params["data.val_size"] == "100"
+
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert len(history) == 2  # once per epoch
+    for key in ("train/loss", "train/acc", "val/loss", "test/acc", "test/loss", "eval/accuracy"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["eval/accuracy"] == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)
+    assert "eval/f1_7" in run.data.metrics
+
+    tags = run.data.tags
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
+    assert tags["data.version"].endswith(".dir")
+    assert "model.hidden=24" in tags["hydra.overrides"]
+    assert tags["hydra.output_dir"] == str(tmp_path / "run")
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "checkpoints", "reports"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
+        "checkpoints/best.ckpt"
+    ]
+    figures = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, "reports/figures")}
+    assert {"confusion_matrix.png", "misclassified.png", "training_curves.png"} <= figures
+
+    # The logged model takes raw pixels and answers probabilities that match the checkpoint's.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    images, _ = load_images_and_labels(
+        tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte",
+        tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte",
+    )
+    pixels = images[:64].float().numpy() / 255.0
+    served = np.asarray(model.predict(pixels))
+    assert served.shape == (64, 10)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
+    classifier, run_id = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    assert run_id == run.info.run_id
+    expected = predict(classifier, images[:64]).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_failing_run_ends_failed(tiny_run, tmp_path):
+    # A wrong checksum: every mirror fails verification inside fit, after the run started.
+    result = tiny_run("data.files.t10k-labels-idx1-ubyte=" + "0" * 64, check=False)
+    assert result.returncode != 0
+    assert "could not fetch t10k-labels-idx1-ubyte" in result.stderr
+    _, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_multirun_groups_jobs_under_a_parent(tiny_run, tmp_path):
+    tiny_run("-m", "model.hidden=8,16", "trainer.max_epochs=1", "report=false",
+             "logger.log_model=false")
+    _, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.params["model.hidden"] for r in children) == ["16", "8"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert "model.hidden=8,16" in parents[0].data.tags["sweep.overrides"]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_training_against_a_tracking_server(tiny_run, tmp_path, monkeypatch):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                assert time.monotonic() < deadline, "mlflow server did not answer /health"
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        tiny_run("trainer.max_epochs=1", "report=false")
+        client = MlflowClient(uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [r.info.status for r in runs] == ["FINISHED"]
+        assert "val/acc" in runs[0].data.metrics
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_unreachable_server_fails_fast(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    started = time.monotonic()
+    result = tiny_run(check=False)
+    assert result.returncode != 0
+    assert "is unreachable" in result.stderr and "logger=none" in result.stderr
+    assert not (tmp_path / "data").exists()  # failed before any data was fetched
+    assert time.monotonic() - started < 60
