@@ -19,22 +19,11 @@ from torchmetrics.functional.classification import (
 
 from mnist_pipeline import figures
 from mnist_pipeline.atomic import atomic_write_text
+from mnist_pipeline.checkpoints import load_checkpoint
 from mnist_pipeline.model import NUM_CLASSES, Classifier
-from mnist_pipeline.tracking import RUN_ID_KEY
 
 log = logging.getLogger(__name__)
 WALKTHROUGH_DIGITS = 5
-
-
-def load_checkpoint(path: str | Path) -> tuple[Classifier, str | None]:
-    """The model in `path` and the MLflow run that trained it (None if untracked)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train first or pass ckpt_path=")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = Classifier(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint.get(RUN_ID_KEY)
 
 
 @torch.no_grad()

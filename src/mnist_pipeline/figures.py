@@ -142,7 +142,13 @@ def first_layer_weights_figure(weight: Any, path: str | Path, max_neurons: int =
         size = WEIGHT_CELL_PX - gap_px
         ax = fig.add_axes((x / width_px, y / height_px, size / width_px, size / height_px))
         limit = np.abs(weights[k]).max() or 1.0
-        ax.imshow(weights[k].reshape(28, 28), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.imshow(
+            weights[k].reshape(28, 28),
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            interpolation="nearest",
+        )
         ax.set_axis_off()
     _save(fig, path, tight=False)
 

@@ -83,7 +83,7 @@ class Classifier(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         momentum: float | None = None,
-        scheduler: str = "cosine",
+        scheduler: str = "none",
         log_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
