@@ -183,10 +183,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def tiny_run(tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch):
-    """Factory: `tiny_run(*overrides, cwd=REPO, script="train.py") -> CompletedProcess`.
+def tiny_run(
+    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+):
+    """Factory: `tiny_run(*overrides, cwd=REPO, script="src/train.py") -> CompletedProcess`;
+    `tiny_run.command(*overrides)` is the argv, to start it yourself.
 
-    Runs a real `python src/<script>` on the tiny data set (served by MNIST_MIRROR), with
+    Runs a real `python <script>` on the tiny data set (served by MNIST_MIRROR), with
     every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`.
     """
     source, sha256s = tiny_mnist
@@ -206,11 +209,14 @@ def tiny_run(tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatc
         *(f"data.files.{name}={digest}" for name, digest in sha256s.items()),
     ]
 
-    def run(*overrides: str, cwd: Path = REPO, script: str = "train.py", check: bool = True):
+    def command(*overrides: str, cwd: Path = REPO, script: str = "src/train.py") -> list[str]:
         flags = [arg for arg in overrides if arg.startswith("-")]  # argparse wants them first
         overrides = [arg for arg in overrides if not arg.startswith("-")]
+        return [sys.executable, str(cwd / script), *flags, *base, *overrides]
+
+    def run(*overrides: str, cwd: Path = REPO, script: str = "src/train.py", check: bool = True):
         result = subprocess.run(
-            [sys.executable, str(cwd / "src" / script), *flags, *base, *overrides],
+            command(*overrides, cwd=cwd, script=script),
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -220,4 +226,5 @@ def tiny_run(tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatc
             raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result
 
+    run.command = command
     return run

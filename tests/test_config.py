@@ -49,3 +49,8 @@ def test_unknown_activation_lists_the_allowed_ones():
     with pytest.raises(ConfigError) as error:
         validate(composed("model.activation=softsign"))
     assert all(name in str(error.value) for name in ("relu", "sigmoid", "tanh", "gelu"))
+
+
+def test_unknown_trainer_argument_is_rejected():
+    with pytest.raises(ConfigError, match="trainer.max_epoch: not a pytorch_lightning.Trainer"):
+        validate(composed("+trainer.max_epoch=3"))

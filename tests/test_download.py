@@ -139,7 +139,9 @@ def test_interrupted_download_leaves_no_temp_file(tiny_mnist, http_mirror, tmp_p
     source, sha256s = tiny_mnist
     url = http_mirror(source, {IMAGES + ".gz": "stall-body"})
     dest = tmp_path / "dest"
-    # Ctrl-C while the body is half received, i.e. while the temp file exists in dest.
+    # Ctrl-C while the body is half received, i.e. while the temp file exists in dest. Python
+    # ignores SIGINT when started in the background of a non-interactive shell: restore it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     ctrl_c = threading.Timer(
         0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
     )
@@ -149,6 +151,7 @@ def test_interrupted_download_leaves_no_temp_file(tiny_mnist, http_mirror, tmp_p
             fetch(dest, {IMAGES: sha256s[IMAGES]}, [url], timeout=5, progress=False)
     finally:
         ctrl_c.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert url.requests == [IMAGES + ".gz"]
     assert os.listdir(dest) == []
 

@@ -10,10 +10,10 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 from mlflow import MlflowClient
 
-from mnist_pipeline.evaluation import load_checkpoint, predict
+from mnist_pipeline.checkpoints import load_checkpoint
+from mnist_pipeline.evaluation import predict
 from mnist_pipeline.idx import load_images_and_labels
 
 
@@ -40,7 +40,9 @@ def test_training_run_is_fully_tracked(tiny_run, tmp_path):
     assert len(history) == 2  # once per epoch
     for key in ("train/loss", "train/acc", "val/loss", "test/acc", "test/loss", "eval/accuracy"):
         assert key in run.data.metrics, key
-    assert run.data.metrics["eval/accuracy"] == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)
+    assert run.data.metrics["eval/accuracy"] == pytest.approx(
+        run.data.metrics["test/acc"], abs=1e-6
+    )
     assert "eval/f1_7" in run.data.metrics
 
     tags = run.data.tags
@@ -54,7 +56,9 @@ def test_training_run_is_fully_tracked(tiny_run, tmp_path):
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
         "checkpoints/best.ckpt"
     ]
-    figures = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, "reports/figures")}
+    figures = {
+        a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, "reports/figures")
+    }
     assert {"confusion_matrix.png", "misclassified.png", "training_curves.png"} <= figures
 
     # The logged model takes raw pixels and answers probabilities that match the checkpoint's.
@@ -86,8 +90,9 @@ def test_failing_run_ends_failed(tiny_run, tmp_path):
 
 
 def test_multirun_groups_jobs_under_a_parent(tiny_run, tmp_path):
-    tiny_run("-m", "model.hidden=8,16", "trainer.max_epochs=1", "report=false",
-             "logger.log_model=false")
+    tiny_run(
+        "-m", "model.hidden=8,16", "trainer.max_epochs=1", "report=false", "logger.log_model=false"
+    )
     _, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -107,10 +112,25 @@ def _free_port():
 def test_training_against_a_tracking_server(tiny_run, tmp_path, monkeypatch):
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -6,11 +6,13 @@ loaded or any run is opened, so a typo or a bad value fails at once with the key
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -76,7 +78,7 @@ class OptimizerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float | None = None
-    scheduler: Scheduler = Scheduler.cosine
+    scheduler: Scheduler = Scheduler.none
 
 
 @dataclass
@@ -171,6 +173,12 @@ def _range_problems(cfg: DictConfig) -> list[str]:
     for key in ("batch_size", "eval_batch_size", "val_size"):
         if cfg.data[key] <= 0:
             problems.append(f"data.{key}={cfg.data[key]}: expected a positive integer")
+    trainer_arguments = inspect.signature(pl.Trainer.__init__).parameters
+    for key in cfg.trainer:
+        if key not in trainer_arguments or key in ("callbacks", "logger", "plugins"):
+            problems.append(
+                f"trainer.{key}: not a pytorch_lightning.Trainer argument this config can set"
+            )
     for key, mode in (
         ("callbacks.checkpoint.mode", cfg.callbacks.checkpoint.mode),
         ("callbacks.early_stopping.mode", cfg.callbacks.early_stopping.mode),

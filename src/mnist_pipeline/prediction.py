@@ -31,11 +31,10 @@ def load_predictor(ckpt_path: str | Path | None = None, model_uri: str | None = 
 
 
 def _from_checkpoint(path: Path) -> Predictor:
-    from mnist_pipeline.model import Classifier, Probabilities
+    from mnist_pipeline.checkpoints import load_checkpoint
+    from mnist_pipeline.model import Probabilities
 
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    model = Classifier.load_from_checkpoint(path, map_location="cpu")
+    model, _ = load_checkpoint(path)
     probabilities = Probabilities(model.net).eval()
 
     @torch.inference_mode()

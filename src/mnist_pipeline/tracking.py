@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import yaml
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
-RUN_ID_KEY = "mlflow_run_id"
 
 
 class TrackingError(RuntimeError):
@@ -289,18 +287,6 @@ def tracked_run(
         run.end("FAILED")
         raise
     run.end("FINISHED")
-
-
-class RunIdInCheckpoint(pl.Callback):
-    """Stores the MLflow run id in every checkpoint, so evaluation and resumes log into that run."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint[RUN_ID_KEY] = self.run_id
 
 
 class SweepParentRun(HydraCallback):

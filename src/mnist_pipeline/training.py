@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_text
+from mnist_pipeline.checkpoints import (
+    RUN_ID_KEY,
+    AtomicCheckpointIO,
+    CheckpointOnInterrupt,
+    RunIdInCheckpoint,
+    find_last,
+    read_checkpoint,
+)
 from mnist_pipeline.config import resolve_path, validate
 from mnist_pipeline.data import MNISTDataModule
-from mnist_pipeline.evaluation import log_report, write_report
+from mnist_pipeline.evaluation import log_report, read_curve, write_report
 from mnist_pipeline.model import Classifier
-from mnist_pipeline.tracking import RunIdInCheckpoint, tracked_run
+from mnist_pipeline.tracking import Run, tracked_run
 
 log = logging.getLogger(__name__)
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -69,54 +83,68 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path.cwd()
 
 
-class TrainingCurve(Callback):
-    """Writes per-epoch train/val loss and accuracy to a CSV (DVC plots, MLflow artifact)."""
+class TrainingCurve(Logger):
+    """Per-epoch train/val loss and accuracy as a CSV (DVC plots, MLflow artifact, figure).
 
-    def __init__(self, path: Path) -> None:
+    A logger rather than a callback: loggers get the epoch's metrics after every hook has
+    logged them. A resumed training continues the file it finds.
+    """
+
+    def __init__(self, path: Path, resumed: bool = False) -> None:
+        super().__init__()
         self.path = path
-        self.rows: list[dict[str, Any]] = []
+        rows = read_curve(path) if resumed else []
+        self.rows = {int(row["epoch"]): {**row, "epoch": int(row["epoch"])} for row in rows}
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+    @property
+    def name(self) -> str:
+        return "training_curve"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        values = {
+            column: round(float(metrics[key]), 6)
+            for column in CURVE_COLUMNS[1:]
+            if (key := column.replace("_", "/", 1)) in metrics
+        }
+        if not values or "epoch" not in metrics:
             return
-        metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch + 1}
-        for column in CURVE_COLUMNS[1:]:
-            value = metrics.get(column.replace("_", "/", 1))
-            row[column] = round(float(value), 6) if value is not None else ""
-        self.rows.append(row)
-        if trainer.is_global_zero:
-            atomic_write_text(self.path, _csv(self.rows))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = list(state_dict["rows"])
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+        epoch = int(metrics["epoch"]) + 1
+        self.rows.setdefault(epoch, {"epoch": epoch}).update(values)
+        rows = [self.rows[e] for e in sorted(self.rows) if e <= epoch]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())
 
 
 def build_callbacks(cfg: DictConfig, out: Path) -> tuple[list[Callback], ModelCheckpoint]:
-    ckpt = cfg.callbacks.checkpoint
-    checkpoint = ModelCheckpoint(
-        dirpath=out / "checkpoints",
+    """The callbacks of a training, and the one that keeps `checkpoints/best.ckpt`."""
+    ckpt, directory = cfg.callbacks.checkpoint, out / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=directory,
         filename="best",
         monitor=ckpt.monitor,
         mode=ckpt.mode,
-        save_last=ckpt.save_last,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [checkpoint, TrainingCurve(out / "reports" / "training_curve.csv")]
+    callbacks: list[Callback] = [best, CheckpointOnInterrupt(directory / "last.ckpt")]
+    if ckpt.save_last:
+        # Lightning's own save_last writes only in epochs that improved the best checkpoint;
+        # resuming needs every epoch.
+        callbacks.append(
+            ModelCheckpoint(dirpath=directory, filename="last", enable_version_counter=False)
+        )
     stopping = cfg.callbacks.early_stopping
     if stopping.enabled:
         callbacks.append(
@@ -124,68 +152,92 @@ def build_callbacks(cfg: DictConfig, out: Path) -> tuple[list[Callback], ModelCh
         )
     if cfg.callbacks.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=20))
-    return callbacks, checkpoint
+    return callbacks, best
 
 
 def train(cfg: DictConfig) -> float:
     """Fit on train/val, test the best checkpoint, report; returns the best monitored score."""
     cfg = validate(cfg)
-    out = output_dir(cfg)
-    reports = out / "reports"
+    resume = resume_from(cfg.ckpt_path)
+    # A resumed training goes on where it was: same output directory, same MLflow run.
+    out = resume.parent.parent if resume and not cfg.paths.output_dir else output_dir(cfg)
+    run_id = read_checkpoint(resume).get(RUN_ID_KEY) if resume else None
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    log.info("model: %s; output: %s", _describe_model(cfg), out)
+    try:
+        with tracked_run(cfg, out, run_id) as run:
+            return _fit_test_report(cfg, out, resume, run)
+    except SIGTERMException as stop:
+        # Lightning stops on SIGTERM with a bare SystemExit, i.e. exit status 0: say "killed".
+        raise SystemExit(128 + signal.SIGTERM) from stop
+
+
+def _fit_test_report(cfg: DictConfig, out: Path, resume: Path | None, run: Run | None) -> float:
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
     callbacks, checkpoint = build_callbacks(cfg, out)
-    log.info(
-        "model: %s, %s parameters; output: %s",
-        _describe_model(cfg),
-        f"{sum(p.numel() for p in model.parameters()):,}",
-        out,
+    reports = out / "reports"
+    curve = TrainingCurve(reports / "training_curve.csv", resumed=resume is not None)
+    if run is not None:
+        callbacks.append(RunIdInCheckpoint(run.run_id))
+    trainer = pl.Trainer(
+        **cfg.trainer,
+        callbacks=callbacks,
+        # MLflow first: once the curve shows an epoch, MLflow has it too.
+        logger=[run.lightning_logger(), curve] if run else [curve],
+        default_root_dir=out,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=cfg.callbacks.progress_bar,
+        enable_model_summary=cfg.callbacks.model_summary,
     )
-    with tracked_run(cfg, out) as run:
-        if run is not None:
-            callbacks.append(RunIdInCheckpoint(run.run_id))
-        trainer = pl.Trainer(
-            **cfg.trainer,
-            callbacks=callbacks,
-            logger=run.lightning_logger() if run else False,
-            default_root_dir=out,
-            enable_progress_bar=cfg.callbacks.progress_bar,
-            enable_model_summary=cfg.callbacks.model_summary,
-        )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        best = checkpoint.best_model_path or None
-        # Loads the best weights into `model`: the report and the logged model are the best.
-        (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-        log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
-        summary = {
-            "best_val_acc": float(
-                checkpoint.best_model_score or trainer.callback_metrics["val/acc"]
-            ),
-            "test_acc": test["test/acc"],
-            "test_loss": test["test/loss"],
-            "epochs": trainer.current_epoch,
-        }
-        if not trainer.is_global_zero:
-            return summary["best_val_acc"]
-        atomic_write_text(reports / "train_metrics.json", json.dumps(summary, indent=2) + "\n")
-        images, labels = (tensor.cpu() for tensor in datamodule.test)
-        model = model.cpu().eval()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    best = checkpoint.best_model_path or None
+    # Loads the best weights into `model`: the report and the logged model are the best.
+    (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
+    summary = {
+        "best_val_acc": float(checkpoint.best_model_score or trainer.callback_metrics["val/acc"]),
+        "test_acc": test["test/acc"],
+        "test_loss": test["test/loss"],
+        "epochs": trainer.current_epoch,
+    }
+    if not trainer.is_global_zero:
+        return summary["best_val_acc"]
+    atomic_write_text(reports / "train_metrics.json", json.dumps(summary, indent=2) + "\n")
+    images, labels = (tensor.cpu() for tensor in datamodule.test)
+    model = model.cpu().eval()
+    written: list[Path] = []
+    if cfg.report:
+        metrics, written = write_report(model, images, labels, reports)
+    if run is not None:
+        if best:
+            run.log_artifact(Path(best), "checkpoints")
+        run.log_artifact(reports / "training_curve.csv", "reports")
         if cfg.report:
-            metrics, written = write_report(model, images, labels, reports)
-        if run is not None:
-            if best:
-                run.log_artifact(Path(best), "checkpoints")
-            run.log_artifact(reports / "training_curve.csv", "reports")
-            if cfg.report:
-                log_report(run, metrics, reports, written)
-            if cfg.logger.log_model:
-                run.log_model(model.net, images[:5].float() / 255.0)
+            log_report(run, metrics, reports, written)
+        if cfg.logger.log_model:
+            run.log_model(model.net, images[:5].float() / 255.0)
     return summary["best_val_acc"]
 
 
+def resume_from(ckpt_path: str | None) -> Path | None:
+    """The checkpoint to resume: None, `last` (the newest under outputs/), or a path."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        return find_last(Path("outputs"))
+    path = resolve_path(PROJECT_ROOT, ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint ({path})")
+    return path
+
+
 def _describe_model(cfg: DictConfig) -> str:
+    """E.g. "MLP 784-128-10 relu dropout 0.2, 101,770 parameters"."""
     hidden = cfg.model.hidden
     widths = list(hidden) if OmegaConf.is_list(hidden) else [hidden]
-    layers = "-".join(str(w) for w in [784, *widths, 10])
-    return f"MLP {layers} {cfg.model.activation.value} dropout {cfg.model.dropout}"
+    layers = [784, *widths, 10]
+    parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(layers))
+    shape = "-".join(str(width) for width in layers)
+    activation, dropout = cfg.model.activation.value, cfg.model.dropout
+    return f"MLP {shape} {activation} dropout {dropout}, {parameters:,} parameters"

@@ -1,0 +1,73 @@
+"""Killed trainings resume where they were, in the same output directory and MLflow run."""
+
+import json
+import signal
+import subprocess
+import time
+
+from mlflow import MlflowClient
+
+from mnist_pipeline.checkpoints import find_last, read_checkpoint
+
+SLOW = ("trainer.max_epochs=6", "data.batch_size=5", "report=false", "logger.log_model=false")
+
+
+def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        tiny_run.command(*SLOW), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    curve = tmp_path / "run" / "reports" / "training_curve.csv"
+
+    def complete_epochs() -> int:  # rows with train metrics: logged after the epoch's checkpoint
+        rows = curve.read_text().splitlines()[1:] if curve.exists() else []
+        return sum(all(rows_field for rows_field in row.split(",")) for row in rows)
+
+    deadline = time.monotonic() + 120
+    while complete_epochs() < epochs:
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.1)
+    return process
+
+
+def _runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
+    process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=2)
+    process.kill()  # SIGKILL: no handler runs, the process just vanishes
+    process.wait()
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    epoch_at_kill = read_checkpoint(last)["epoch"]
+    assert epoch_at_kill >= 1
+    _, (killed,) = _runs(tmp_path)
+
+    tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
+
+    client, runs = _runs(tmp_path)
+    assert [r.info.run_id for r in runs] == [killed.info.run_id]  # the same run, not a new one
+    assert runs[0].info.status == "FINISHED"
+    # Per-epoch metrics for epochs 1-6, each once (epoch 3+ after the resume), steps increasing.
+    for key in ("train/acc", "val/acc"):
+        steps = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
+        assert len(steps) == len(set(steps)) == 6 and steps == sorted(steps), key
+    # Same output directory as before the kill; the curve has each of the 6 epochs once.
+    curve = (tmp_path / "run" / "reports" / "training_curve.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in curve[1:]] == ["1", "2", "3", "4", "5", "6"]
+    summary = json.loads((tmp_path / "run" / "reports" / "train_metrics.json").read_text())
+    assert summary["epochs"] == 6 and summary["test_acc"] > 0.8
+    assert find_last(tmp_path) == last
+
+
+def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_path):
+    process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    # Saved at the signal, mid-epoch: more steps than the completed epochs account for.
+    assert checkpoint["global_step"] > 100 * (checkpoint["epoch"])
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"]
