@@ -1,0 +1,50 @@
+"""A real 2-process DDP training on CPU (gloo), launched by Lightning from the Hydra entry point."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from mnist_pipeline.checkpoints import load_checkpoint
+from mnist_pipeline.evaluation import predict, score
+from mnist_pipeline.idx import load_images_and_labels
+
+
+def test_ddp_on_two_cpu_processes(tiny_run, tmp_path):
+    tiny_run(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "model.hidden=32",
+        script="tests/probes/record_samples.py",
+    )
+    run_dir = tmp_path / "run"
+
+    # Exactly one MLflow run, written by rank 0, finished.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+    # Every training sample once per epoch across the ranks, in disjoint equal shards.
+    seen = run_dir / "seen"
+    split = (seen / "train-split.txt").read_text().split()
+    assert len(split) == len(set(split)) == 500
+    for epoch in (0, 1):
+        rank0, rank1 = ((seen / f"rank{r}-epoch{epoch}.txt").read_text().split() for r in (0, 1))
+        assert len(rank0) == len(rank1) == 250
+        assert not set(rank0) & set(rank1)
+        assert sorted(rank0 + rank1) == sorted(split)
+
+    # The synced test accuracy is the accuracy on each of the 200 test images counted once.
+    summary = json.loads((run_dir / "reports" / "train_metrics.json").read_text())
+    model, run_id = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    assert run_id == runs[0].info.run_id
+    data = tmp_path / "data" / "mnist"
+    images, labels = load_images_and_labels(
+        data / "t10k-images-idx3-ubyte", data / "t10k-labels-idx1-ubyte"
+    )
+    single_process = score(predict(model, images), labels)
+    assert summary["test_acc"] == pytest.approx(single_process["accuracy"], abs=1e-6)
+    assert runs[0].data.metrics["test/acc"] == pytest.approx(single_process["accuracy"], abs=1e-6)
+    # One Hydra output directory: the second rank wrote into the first one's.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == ["run"]
