@@ -1,0 +1,40 @@
+"""Sweeps: Optuna search, and parallel jobs sharing one sqlite store."""
+
+import yaml
+from mlflow import MlflowClient
+
+
+def _runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+QUICK = ("trainer.max_epochs=2", "report=false", "logger.log_model=false")
+
+
+def test_optuna_search_maximises_validation_accuracy(tiny_run, tmp_path):
+    tiny_run("hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK)
+    results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    assert 0.5 < results["best_value"] <= 1.0
+    assert {"model.hidden", "model.activation", "model.dropout", "optimizer.lr"} <= set(
+        results["best_params"]
+    )
+    _, runs = _runs(tmp_path)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 3 and len(children) == 2
+    # The value Optuna saw is one of the trials' best validation accuracies.
+    assert max(r.data.metrics["val/acc"] for r in children) >= results["best_value"] - 1e-6
+
+
+def test_parallel_jobs_share_the_sqlite_store_without_losing_anything(tiny_run, tmp_path):
+    tiny_run(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.hidden=8,16,24,32", *QUICK
+    )
+    client, runs = _runs(tmp_path)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 5 and len(children) == 4
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in children:
+        for key in ("train/loss", "val/acc", "test/acc"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert len(history) == (1 if key.startswith("test") else 2), (run.info.run_name, key)
