@@ -26,12 +26,9 @@ log = logging.getLogger(__name__)
 WALKTHROUGH_DIGITS = 5
 
 
-@torch.no_grad()
 def predict(model: Classifier, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
     """Softmax probabilities (N, 10) for uint8 images (N, 28, 28)."""
-    model.eval()
-    chunks = [model(chunk.float() / 255.0) for chunk in images.split(batch_size)]
-    return torch.cat(chunks).softmax(dim=-1)
+    return torch.cat([model.predict_proba(chunk / 255.0) for chunk in images.split(batch_size)])
 
 
 def score(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
