@@ -182,6 +182,15 @@ def http_mirror(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Mirro
 REPO = Path(__file__).resolve().parents[1]
 
 
+def mlflow_runs(store: str | Path):
+    """(client, every run of every experiment) of a tracking URI or a directory's mlflow.db."""
+    from mlflow import MlflowClient
+
+    uri = store if isinstance(store, str) else f"sqlite:///{store / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 @pytest.fixture
 def tiny_run(
     tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch

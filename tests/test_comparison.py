@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import mlflow_runs
 from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
-from mlflow import MlflowClient
 from PIL import Image
 
 from mnist_pipeline.comparison import Summary, markdown, summarise, verdict
@@ -75,9 +75,7 @@ def test_sweep_writes_figure_table_and_parent_run_artifacts(tiny_run, tmp_path):
         assert "| relu |" in table and "| sigmoid |" in table and "**Verdict:**" in table
     assert "**Verdict:** relu" in result.stdout  # the table is in the log too
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments)
+    client, runs = mlflow_runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from mlflow import MlflowClient
+from conftest import mlflow_runs
 
 from mnist_pipeline.checkpoints import load_checkpoint
 from mnist_pipeline.evaluation import predict, score
@@ -21,8 +21,7 @@ def test_ddp_on_two_cpu_processes(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
 
     # Exactly one MLflow run, written by rank 0, finished.
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED"]
 
     # Every training sample once per epoch across the ranks, in disjoint equal shards.

@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from mlflow import MlflowClient
+from conftest import mlflow_runs
 
 from mnist_pipeline.checkpoints import find_last, read_checkpoint
 
@@ -30,11 +30,6 @@ def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Po
     return process
 
 
-def _runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-
 def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=2)
     process.kill()  # SIGKILL: no handler runs, the process just vanishes
@@ -42,11 +37,11 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     epoch_at_kill = read_checkpoint(last)["epoch"]
     assert epoch_at_kill >= 1
-    _, (killed,) = _runs(tmp_path)
+    _, (killed,) = mlflow_runs(tmp_path)
 
     tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
 
-    client, runs = _runs(tmp_path)
+    client, runs = mlflow_runs(tmp_path)
     assert [r.info.run_id for r in runs] == [killed.info.run_id]  # the same run, not a new one
     assert runs[0].info.status == "FINISHED"
     # Per-epoch metrics for epochs 1-6, each once (epoch 3+ after the resume), steps increasing.
@@ -69,5 +64,5 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_pa
     checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     # Saved at the signal, mid-epoch: more steps than the completed epochs account for.
     assert checkpoint["global_step"] > 100 * (checkpoint["epoch"])
-    _, runs = _runs(tmp_path)
+    _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]

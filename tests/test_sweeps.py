@@ -1,13 +1,7 @@
 """Sweeps: Optuna search, and parallel jobs sharing one sqlite store."""
 
 import yaml
-from mlflow import MlflowClient
-
-
-def _runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
-
+from conftest import mlflow_runs
 
 QUICK = ("trainer.max_epochs=2", "report=false", "logger.log_model=false")
 
@@ -19,7 +13,7 @@ def test_optuna_search_maximises_validation_accuracy(tiny_run, tmp_path):
     assert {"model.hidden", "model.activation", "model.dropout", "optimizer.lr"} <= set(
         results["best_params"]
     )
-    _, runs = _runs(tmp_path)
+    _, runs = mlflow_runs(tmp_path)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 3 and len(children) == 2
     # The value Optuna saw is one of the trials' best validation accuracies.
@@ -30,7 +24,7 @@ def test_parallel_jobs_share_the_sqlite_store_without_losing_anything(tiny_run, 
     tiny_run(
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.hidden=8,16,24,32", *QUICK
     )
-    client, runs = _runs(tmp_path)
+    client, runs = mlflow_runs(tmp_path)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(runs) == 5 and len(children) == 4
     assert all(r.info.status == "FINISHED" for r in runs)

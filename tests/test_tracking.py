@@ -10,22 +10,16 @@ import urllib.request
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
+from conftest import mlflow_runs
 
 from mnist_pipeline.checkpoints import load_checkpoint
 from mnist_pipeline.evaluation import predict
 from mnist_pipeline.idx import load_images_and_labels
 
 
-def _runs(uri):
-    client = MlflowClient(uri)
-    experiments = client.search_experiments()
-    return client, client.search_runs([e.experiment_id for e in experiments])
-
-
 def test_training_run_is_fully_tracked(tiny_run, tmp_path):
     tiny_run("model.hidden=24", "model.activation=sigmoid")
-    client, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -85,7 +79,7 @@ def test_failing_run_ends_failed(tiny_run, tmp_path):
     result = tiny_run("data.files.t10k-labels-idx1-ubyte=" + "0" * 64, check=False)
     assert result.returncode != 0
     assert "could not fetch t10k-labels-idx1-ubyte" in result.stderr
-    _, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
@@ -93,7 +87,7 @@ def test_multirun_groups_jobs_under_a_parent(tiny_run, tmp_path):
     tiny_run(
         "-m", "model.hidden=8,16", "trainer.max_epochs=1", "report=false", "logger.log_model=false"
     )
-    _, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, runs = mlflow_runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
@@ -145,8 +139,7 @@ def test_training_against_a_tracking_server(tiny_run, tmp_path, monkeypatch):
                 time.sleep(0.5)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         tiny_run("trainer.max_epochs=1", "report=false")
-        client = MlflowClient(uri)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        _, runs = mlflow_runs(uri)
         assert [r.info.status for r in runs] == ["FINISHED"]
         assert "val/acc" in runs[0].data.metrics
         assert not (tmp_path / "mlflow.db").exists()

@@ -38,13 +38,14 @@ log = logging.getLogger(__name__)
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
-def build_datamodule(cfg: DictConfig, root: Path = PROJECT_ROOT) -> MNISTDataModule:
+def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
+    """The data module of `cfg.data`, relative paths taken from the repository root."""
     data = cfg.data
     return MNISTDataModule(
-        dir=resolve_path(root, data.dir),
+        dir=resolve_path(PROJECT_ROOT, data.dir),
         files=data.files,
         mirrors=data.mirrors,
-        local_mirror=resolve_path(root, data.local_mirror) if data.local_mirror else None,
+        local_mirror=resolve_path(PROJECT_ROOT, data.local_mirror) if data.local_mirror else None,
         val_size=data.val_size,
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
@@ -55,6 +56,7 @@ def build_datamodule(cfg: DictConfig, root: Path = PROJECT_ROOT) -> MNISTDataMod
 
 
 def build_model(cfg: DictConfig) -> Classifier:
+    """The LightningModule of `cfg.model` and `cfg.optimizer`."""
     model, opt = cfg.model, cfg.optimizer
     hidden = (
         OmegaConf.to_container(model.hidden) if OmegaConf.is_list(model.hidden) else model.hidden
