@@ -1,0 +1,402 @@
+"""Seconds per training epoch: plain PyTorch vs the pipeline vs a per-sample DataLoader; start-up.
+
+Measures, in one process and in interleaved rounds (a, b, c, a, b, c, ...; median per variant):
+  (a) a plain PyTorch loop over in-memory tensors: the practical limit;
+  (b) one epoch of the pipeline's training as `mnist_pipeline.training.train` runs it (MLflow
+      logger on, writing to a temporary sqlite store; checkpoints; progress bar);
+  (c) a typical per-sample `Dataset` + `DataLoader(shuffle=True, num_workers=0)` feeding (a)'s loop;
+then (d) the time from command start to the first training step of `python src/train.py` and
+(e) that process's peak RSS. Prints a table and one PASS/FAIL line per target.
+
+    python benchmarks/epoch_time.py --data /path/to/mnist --batch-sizes 32 128 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import mlflow
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from mnist_pipeline import PROJECT_ROOT, training
+from mnist_pipeline.config import validate
+from mnist_pipeline.download import MIRROR_ENV, fetch, sha256_of
+from mnist_pipeline.model import MLP
+from mnist_pipeline.training import build_callbacks, build_datamodule
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+# (b)/(a) upper bounds per batch size; start-up and memory bounds of (d) and (e).
+RATIO_TARGETS = {128: 1.3, 32: 1.5}
+FIRST_STEP_TARGET_S = 6.0
+PEAK_RSS_TARGET_MB = 1000.0
+# Output of `python src/train.py` that marks each start-up milestone, in order. The training
+# progress bar is renamed "Epoch 0" in on_train_epoch_start, right before the first batch.
+MILESTONES = {
+    "first log line (imports, config, model built)": "model: MLP",
+    "MLflow run created": "MLflow run ",
+    "first training step (epoch-0 progress bar)": "Epoch 0:",
+    "fit and test done (test accuracy logged)": "test accuracy",
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data",
+        help="directory or mirror (file:// or http(s):// URL) holding the MNIST files; default: "
+        f"the repository's data/mnist if verified files are there, else ${MIRROR_ENV}",
+    )
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
+    args = parser.parse_args()
+    if args.rounds < 1 or min(args.batch_sizes) < 1:
+        parser.error("--rounds and --batch-sizes must be positive")
+    if args.data is None:
+        args.data = _default_data()
+        if args.data is None:
+            parser.error(f"no verified files in data/mnist and ${MIRROR_ENV} unset: pass --data")
+    return args
+
+
+def _default_data() -> str | None:
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        files = compose("config").data.files
+    repo_data = PROJECT_ROOT / "data" / "mnist"
+    return str(repo_data) if _verified(repo_data, files) else os.environ.get(MIRROR_ENV)
+
+
+def _verified(directory: Path, files: Mapping[str, str]) -> bool:
+    return all(
+        (directory / name).is_file() and sha256_of(directory / name) == sha256
+        for name, sha256 in files.items()
+    )
+
+
+def _quote(value: object) -> str:
+    """`value` as a quoted Hydra override value (paths may hold characters Hydra parses)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def data_dir(source: str, files: Mapping[str, str], workdir: Path) -> Path:
+    """`source` itself if it holds the verified files, else a copy fetched into `workdir`."""
+    if Path(source).is_dir() and _verified(Path(source), files):
+        return Path(source).resolve()
+    fetched = workdir / "mnist"
+    fetch(fetched, files, [source], progress=False)
+    return fetched
+
+
+def pipeline_config(overrides: list[str]) -> DictConfig:
+    """The pipeline's config composed from conf/ with `overrides`, validated."""
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return validate(compose("config", overrides=overrides))
+
+
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch]
+) -> None:
+    """One epoch of the plain loop: forward, cross-entropy, backward, Adam step."""
+    model.train()
+    for images, labels in batches:
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def sliced_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    """(a)'s batches: a fresh permutation, one gather, slices; pixels to float/255 per batch."""
+    order = torch.randperm(len(labels))
+    images, labels = images[order], labels[order]
+    for start in range(0, len(labels), batch_size):
+        end = start + batch_size
+        yield images[start:end].float().div_(255.0), labels[start:end]
+
+
+class PerSample(Dataset):
+    """(c)'s data set: one (float image / 255, label) pair per `__getitem__`."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.images[index].float() / 255.0, self.labels[index]
+
+
+class PlainLoop:
+    """An `MLP` and its Adam optimizer, trained one timed epoch at a time on given batches."""
+
+    def __init__(self, batches: Callable[[], Iterable[Batch]], cfg: DictConfig) -> None:
+        self.batches = batches
+        self.model = MLP(cfg.model.hidden, cfg.model.activation.value, cfg.model.dropout)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optimizer.lr)
+
+    def epoch(self) -> float:
+        start = time.perf_counter()
+        train_epoch(self.model, self.optimizer, self.batches())
+        return time.perf_counter() - start
+
+
+class EpochTimer(pl.Callback):
+    """Times the last epoch (on_train_epoch_start to on_train_end) and its validation pass."""
+
+    def __init__(self) -> None:
+        self.epoch_start = self.val_start = 0.0
+        self.epoch = self.val = float("nan")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_start = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.val = time.perf_counter() - self.val_start
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch = time.perf_counter() - self.epoch_start
+
+
+def pipeline_epoch(cfg: DictConfig) -> tuple[float, float]:
+    """(b): `training.train(cfg)`; (train part, validation pass) of its last epoch, in seconds.
+
+    The timer joins the callbacks of `training.build_callbacks`, so the Trainer is exactly the
+    one `train` builds. Progress bars go to stderr (Lightning writes them to stdout).
+    """
+    timer = EpochTimer()
+
+    def with_timer(cfg: DictConfig, out: Path) -> tuple[list[pl.Callback], Any]:
+        callbacks, checkpoint = build_callbacks(cfg, out)
+        return [*callbacks, timer], checkpoint
+
+    with (
+        mock.patch.object(training, "build_callbacks", with_timer),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
+        training.train(cfg)
+    if math.isnan(timer.epoch) or math.isnan(timer.val):
+        raise RuntimeError("no epoch timed: does training.train still use build_callbacks?")
+    return timer.epoch - timer.val, timer.val
+
+
+def measure_epochs(
+    data: Path, batch_sizes: list[int], rounds: int, workdir: Path
+) -> tuple[dict[tuple[str, int], list[float]], int]:
+    """Seconds per epoch of each variant and batch size, one per round; training set size."""
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    overrides = {
+        size: [
+            f"data.dir={_quote(data)}",
+            "data.local_mirror=null",
+            f"data.batch_size={size}",
+            "trainer.max_epochs=2",  # a warm-up epoch, then the timed one
+            f"logger.tracking_uri={_quote(store)}",
+            # After fit: test only; the report and the logged model are not timed, so skipped.
+            "report=false",
+            "logger.log_model=false",
+        ]
+        for size in batch_sizes
+    }
+    configs = {size: pipeline_config(overrides[size]) for size in batch_sizes}
+    datamodule = build_datamodule(configs[batch_sizes[0]])
+    datamodule.setup("fit")
+    images, labels = datamodule.train
+    plain: dict[tuple[str, int], PlainLoop] = {}
+    for size in batch_sizes:
+        cfg = configs[size]
+        plain["a", size] = PlainLoop(lambda s=size: sliced_batches(images, labels, s), cfg)
+        plain["c", size] = PlainLoop(
+            lambda s=size: DataLoader(PerSample(images, labels), s, shuffle=True), cfg
+        )
+    for loop in plain.values():
+        loop.epoch()  # warm-up
+
+    times: dict[tuple[str, int], list[float]] = {}
+    for round_ in range(1, rounds + 1):
+        for size in batch_sizes:
+            for variant in "abc":
+                gc.collect()
+                if variant == "b":
+                    out = workdir / f"run-{round_}-{size}"
+                    cfg = pipeline_config([*overrides[size], f"paths.output_dir={_quote(out)}"])
+                    train_part, val = pipeline_epoch(cfg)
+                    times.setdefault(("b", size), []).append(train_part)
+                    times.setdefault(("val", size), []).append(val)
+                else:
+                    times.setdefault((variant, size), []).append(plain[variant, size].epoch())
+                print(
+                    f"round {round_}/{rounds} batch {size} ({variant}): "
+                    f"{times[variant, size][-1]:.3f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return times, len(labels)
+
+
+def measure_startup(data: Path, workdir: Path, store: str) -> tuple[dict[str, float], float, int]:
+    """(d), (e): `python src/train.py trainer.max_epochs=1`: milestone times, exit code, peak RSS.
+
+    Returns {milestone: seconds since the command started}, the peak RSS in MB, the exit code.
+    Milestones are detected from the process's output as it arrives (see MILESTONES).
+    """
+    command = [
+        sys.executable,
+        "src/train.py",
+        "trainer.max_epochs=1",
+        f"data.dir={_quote(data)}",
+        f"hydra.run.dir={_quote(workdir)}",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONUNBUFFERED": "1"}
+    seen: dict[str, float] = {}
+    output = b""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    while chunk := os.read(process.stdout.fileno(), 1 << 16):
+        now = time.perf_counter() - start
+        output += chunk
+        for name, marker in MILESTONES.items():
+            if name not in seen and marker.encode() in output:
+                seen[name] = now
+    _, status, usage = os.wait4(process.pid, 0)
+    seen["exit (total wall time)"] = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stdout.close()
+    if process.returncode != 0:
+        tail = output.decode(errors="replace")[-3000:]
+        print(f"train.py exited with {process.returncode}:\n{tail}", file=sys.stderr)
+    return seen, usage.ru_maxrss / 1000.0, process.returncode  # ru_maxrss is in KiB
+
+
+def _stats(values: list[float]) -> str:
+    return f"{statistics.median(values):7.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def _ratios(times: dict[tuple[str, int], list[float]], num: str, den: str, size: int) -> float:
+    """Median over rounds of the per-round ratio: both were timed in the same round."""
+    return statistics.median(n / d for n, d in zip(times[num, size], times[den, size], strict=True))
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(
+    times: dict[tuple[str, int], list[float]],
+    batch_sizes: list[int],
+    startups: list[tuple[str, dict[str, float], float, int]],
+    images: int,
+    rounds: int,
+    load: tuple[float, float],
+) -> bool:
+    """Print the tables and the target lines; True if every target passed."""
+    print(
+        f"\nSeconds per epoch over {images:,} training images; median of {rounds} interleaved "
+        "rounds (min-max)\n"
+        f"torch {torch.__version__}: {torch.get_num_threads()} intra-op threads (default), "
+        f"{torch.get_num_interop_threads()} inter-op, {len(os.sched_getaffinity(0))} CPUs; "
+        f"pytorch-lightning {pl.__version__}; mlflow {mlflow.__version__}\n"
+        f"1-min load average {load[0]:.2f} at start, {load[1]:.2f} at end: other work on the "
+        "CPUs skews the times\n"
+        "(a) plain loop: in-memory tensors, permutation per epoch, slices, float/255 per batch\n"
+        "(b) pipeline: training.train (its pl.Trainer), MLflow logger (temp sqlite),\n"
+        "    checkpoints, progress bar, train loss logged. Timed: the 2nd epoch's training part,\n"
+        "    on_train_epoch_start -> on_train_end minus its validation pass (shown apart); it\n"
+        "    includes checkpoint saving, epoch-end metric logging and the LR scheduler step\n"
+        "(c) per-sample Dataset + DataLoader(shuffle=True, num_workers=0), (a)'s loop\n"
+        "ratios: median of the per-round ratios\n"
+    )
+    header = ("batch", "(a) plain", "(b) pipeline", "(b) val pass", "(c) per-sample", "b/a", "c/b")
+    print("{:>5}  {:<22}{:<22}{:<22}{:<22}{:>6} {:>6}".format(*header))
+    for size in batch_sizes:
+        cells = [_stats(times[key, size]) for key in ("a", "b", "val", "c")]
+        print(
+            f"{size:>5}  "
+            + "".join(f"{cell:<22}" for cell in cells)
+            + f"{_ratios(times, 'b', 'a', size):>6.2f} {_ratios(times, 'c', 'b', size):>6.2f}"
+        )
+
+    print("\nStart-up: python src/train.py trainer.max_epochs=1 data.dir=... hydra.run.dir=<tmp>")
+    print("with MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlflow.db; seconds since the command started")
+    names = [*MILESTONES, "exit (total wall time)"]
+    print(f"{'':<48}" + "".join(f"{label:>16}" for label, *_ in startups))
+    for name in names:
+        cells = "".join(
+            f"{seen[name]:>16.2f}" if name in seen else f"{'n/a':>16}" for _, seen, *_ in startups
+        )
+        print(f"{name:<48}{cells}")
+    print(f"{'peak RSS (MB)':<48}" + "".join(f"{rss:>16.0f}" for _, _, rss, _ in startups))
+    print(f"{'exit code':<48}" + "".join(f"{code:>16}" for *_, code in startups))
+
+    print()
+    passed = True
+    for size, bound in RATIO_TARGETS.items():
+        if size not in batch_sizes:
+            print(f"TARGET (b)/(a) <= {bound} at batch {size}: not measured")
+            continue
+        ratio = _ratios(times, "b", "a", size)
+        passed &= ratio <= bound
+        print(f"TARGET (b)/(a) <= {bound} at batch {size}: {ratio:.2f} {_verdict(ratio <= bound)}")
+    for label, seen, _rss, code in startups:
+        first = seen.get("first training step (epoch-0 progress bar)", float("inf"))
+        ok = first <= FIRST_STEP_TARGET_S and code == 0
+        passed &= ok
+        print(
+            f"TARGET start-to-first-step <= {FIRST_STEP_TARGET_S:g} s ({label}): "
+            f"{first:.2f} s {_verdict(ok)}"
+        )
+    rss = max(rss for _, _, rss, _ in startups)
+    passed &= rss <= PEAK_RSS_TARGET_MB
+    print(
+        f"TARGET peak RSS <= {PEAK_RSS_TARGET_MB:g} MB: {rss:.0f} MB "
+        f"{_verdict(rss <= PEAK_RSS_TARGET_MB)}"
+    )
+    return passed
+
+
+def main() -> int:
+    args = parse_args()
+    # The pipeline tags runs with `git status`; keep it from taking the repository's index lock.
+    os.environ["GIT_OPTIONAL_LOCKS"] = "0"
+    with tempfile.TemporaryDirectory(prefix="epoch-time-") as tmp:
+        workdir = Path(tmp)
+        data = data_dir(args.data, pipeline_config([]).data.files, workdir)
+        load_at_start = os.getloadavg()[0]
+        times, images = measure_epochs(data, args.batch_sizes, args.rounds, workdir)
+        store = f"sqlite:///{workdir / 'startup' / 'mlflow.db'}"
+        (workdir / "startup").mkdir()
+        startups = []
+        for label in ("new store", "existing store"):
+            print(f"start-up run, {label} ...", file=sys.stderr, flush=True)
+            seen, rss, code = measure_startup(data, workdir / "startup" / label, store)
+            startups.append((label, seen, rss, code))
+        load = load_at_start, os.getloadavg()[0]
+    return 0 if report(times, args.batch_sizes, startups, images, args.rounds, load) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
