@@ -66,3 +66,12 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_pa
     assert checkpoint["global_step"] > 100 * (checkpoint["epoch"])
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_resuming_into_a_different_model_is_refused(tiny_run, tmp_path):
+    tiny_run("trainer.max_epochs=1", "report=false", "logger=none", "model.hidden=16")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = tiny_run(f"ckpt_path={last}", "logger=none", "model.hidden=32", check=False)
+    assert result.returncode != 0
+    assert "hidden: checkpoint 16, config 32" in result.stderr
+    assert "resume with the settings it was trained with" in result.stderr

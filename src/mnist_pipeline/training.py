@@ -28,7 +28,7 @@ from mnist_pipeline.checkpoints import (
     find_last,
     read_checkpoint,
 )
-from mnist_pipeline.config import resolve_path, validate
+from mnist_pipeline.config import ConfigError, resolve_path, validate
 from mnist_pipeline.data import MNISTDataModule
 from mnist_pipeline.evaluation import log_report, read_curve, write_report
 from mnist_pipeline.model import Classifier
@@ -163,7 +163,11 @@ def train(cfg: DictConfig) -> float:
     resume = resume_from(cfg.ckpt_path)
     # A resumed training goes on where it was: same output directory, same MLflow run.
     out = resume.parent.parent if resume and not cfg.paths.output_dir else output_dir(cfg)
-    run_id = read_checkpoint(resume).get(RUN_ID_KEY) if resume else None
+    run_id = None
+    if resume:
+        saved = read_checkpoint(resume)
+        check_resumable(saved["hyper_parameters"], build_model(cfg).hparams, resume)
+        run_id = saved.get(RUN_ID_KEY)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     log.info("model: %s; output: %s", _describe_model(cfg), out)
     try:
@@ -220,6 +224,20 @@ def _fit_test_report(cfg: DictConfig, out: Path, resume: Path | None, run: Run |
         if cfg.logger.log_model:
             run.log_model(model.net, images[:5].float() / 255.0)
     return summary["best_val_acc"]
+
+
+def check_resumable(saved: dict[str, Any], configured: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint into a differently configured model (it would load)."""
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, config {value!r}"
+        for key, value in configured.items()
+        if key != "log_every_n_steps" and saved.get(key) != value
+    ]
+    if differences:
+        raise ConfigError(
+            f"ckpt_path={path} was trained with other model/optimizer settings "
+            f"({'; '.join(differences)}); resume with the settings it was trained with"
+        )
 
 
 def resume_from(ckpt_path: str | None) -> Path | None:
