@@ -257,7 +257,7 @@ def measure_epochs(
 
 
 def measure_startup(data: Path, workdir: Path, store: str) -> tuple[dict[str, float], float, int]:
-    """(d), (e): `python src/train.py trainer.max_epochs=1`: milestone times, exit code, peak RSS.
+    """(d), (e): `python src/train.py trainer.max_epochs=1`: milestones, peak RSS, exit code.
 
     Returns {milestone: seconds since the command started}, the peak RSS in MB, the exit code.
     Milestones are detected from the process's output as it arrives (see MILESTONES).
