@@ -163,24 +163,26 @@ def train(cfg: DictConfig) -> float:
     resume = resume_from(cfg.ckpt_path)
     # A resumed training goes on where it was: same output directory, same MLflow run.
     out = resume.parent.parent if resume and not cfg.paths.output_dir else output_dir(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg)
     run_id = None
     if resume:
         saved = read_checkpoint(resume)
-        check_resumable(saved["hyper_parameters"], build_model(cfg).hparams, resume)
+        check_resumable(saved["hyper_parameters"], model.hparams, resume)
         run_id = saved.get(RUN_ID_KEY)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     log.info("model: %s; output: %s", _describe_model(cfg), out)
     try:
         with tracked_run(cfg, out, run_id) as run:
-            return _fit_test_report(cfg, out, resume, run)
+            return _fit_test_report(cfg, model, out, resume, run)
     except SIGTERMException as stop:
         # Lightning stops on SIGTERM with a bare SystemExit, i.e. exit status 0: say "killed".
         raise SystemExit(128 + signal.SIGTERM) from stop
 
 
-def _fit_test_report(cfg: DictConfig, out: Path, resume: Path | None, run: Run | None) -> float:
+def _fit_test_report(
+    cfg: DictConfig, model: Classifier, out: Path, resume: Path | None, run: Run | None
+) -> float:
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg)
     callbacks, checkpoint = build_callbacks(cfg, out)
     reports = out / "reports"
     curve = TrainingCurve(reports / "training_curve.csv", resumed=resume is not None)
