@@ -1,6 +1,9 @@
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
 
+from mnist_pipeline.data import MNISTDataModule
 from mnist_pipeline.model import MLP, Classifier, Probabilities
 
 
@@ -61,3 +64,70 @@ def test_optimizer_choice():
     assert isinstance(adam, torch.optim.Adam)
     sgd = Classifier(optimizer="sgd", lr=0.1, momentum=0.9, scheduler="none").configure_optimizers()
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+
+
+class RecordingLogger(Logger):
+    """Keeps every (metrics, step) a Trainer logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[dict[str, float], int]] = []
+
+    name = "recording"
+    version = 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((dict(metrics), step))
+
+
+def _fit(tmp_path, sha256s, chunk_size: int, **hparams) -> tuple[Classifier, pl.Trainer, list]:
+    """Two epochs on 500 tiny training samples in batches of 32: 16 optimizer steps each."""
+    pl.seed_everything(0, verbose=False)
+    model = Classifier(hidden=16, log_every_n_steps=3, **hparams)
+    datamodule = MNISTDataModule(
+        tmp_path / "mnist", sha256s, val_size=100, batch_size=32, chunk_size=chunk_size
+    )
+    logger = RecordingLogger()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return model, trainer, logger.logged
+
+
+def test_chunks_train_exactly_like_one_batch_per_step(tmp_path, tiny_mnist, monkeypatch):
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    # One batch per chunk, 3 per chunk, the whole epoch in one chunk.
+    fits = [_fit(tmp_path, sha256s, chunk_size) for chunk_size in (32, 100, 10**6)]
+    reference = fits[0][0].state_dict()
+    for model, trainer, _ in fits:
+        assert trainer.global_step == 32
+        for key, tensor in model.state_dict().items():
+            assert torch.equal(tensor, reference[key]), key
+    for _, _, logged in fits[1:]:
+        assert [(sorted(m), s) for m, s in logged] == [(sorted(m), s) for m, s in fits[0][2]]
+    # Steps are optimizer steps: the loss every 3rd, the epoch metrics at the epochs' last steps.
+    logged = fits[1][2]
+    assert [s for m, s in logged if "train/loss_step" in m] == list(range(3, 33, 3))
+    epoch_ends = {s for m, s in logged if "val/acc" in m or "train/acc" in m}
+    assert epoch_ends == {16, 32}
+    assert all("epoch" in m for m, _ in logged if "val/acc" in m)
+
+
+def test_epoch_scheduler_steps_once_per_epoch(tmp_path, tiny_mnist, monkeypatch):
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    model, trainer, _ = _fit(tmp_path, sha256s, 100, scheduler="cosine")
+    # Cosine from 1e-3 to 0 over max_epochs=2: two scheduler steps, not 32 or 6.
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)

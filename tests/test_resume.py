@@ -9,7 +9,14 @@ from conftest import mlflow_runs
 
 from mnist_pipeline.checkpoints import find_last, read_checkpoint
 
-SLOW = ("trainer.max_epochs=6", "data.batch_size=5", "report=false", "logger.log_model=false")
+# 100 steps per epoch in chunks of 4: a signal is handled between chunks, so mid-epoch.
+SLOW = (
+    "trainer.max_epochs=6",
+    "data.batch_size=5",
+    "data.chunk_size=20",
+    "report=false",
+    "logger.log_model=false",
+)
 
 
 def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:

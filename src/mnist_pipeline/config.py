@@ -60,6 +60,7 @@ class DataConfig:
     val_size: int = 5000
     batch_size: int = 128
     eval_batch_size: int = 1000
+    chunk_size: int = 4096
     split_seed: int = 0
     timeout: float = 30.0
 
@@ -170,7 +171,7 @@ def _range_problems(cfg: DictConfig) -> list[str]:
         problems.append(
             f"optimizer.momentum is only used by sgd, not {cfg.optimizer.name.value}: remove it"
         )
-    for key in ("batch_size", "eval_batch_size", "val_size"):
+    for key in ("batch_size", "eval_batch_size", "chunk_size", "val_size"):
         if cfg.data[key] <= 0:
             problems.append(f"data.{key}={cfg.data[key]}: expected a positive integer")
     trainer_arguments = inspect.signature(pl.Trainer.__init__).parameters
@@ -178,6 +179,12 @@ def _range_problems(cfg: DictConfig) -> list[str]:
         if key not in trainer_arguments or key in ("callbacks", "logger", "plugins"):
             problems.append(
                 f"trainer.{key}: not a pytorch_lightning.Trainer argument this config can set"
+            )
+    for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+        if cfg.trainer.get(key, default) != default:
+            problems.append(
+                f"trainer.{key}: not supported: the model steps its optimizer itself, once per "
+                "batch of each training chunk (data.chunk_size), so Lightning cannot"
             )
     for key, mode in (
         ("callbacks.checkpoint.mode", cfg.callbacks.checkpoint.mode),

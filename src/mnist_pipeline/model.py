@@ -70,8 +70,10 @@ class Probabilities(nn.Module):
 class Classifier(pl.LightningModule):
     """Trains an `MLP` with cross-entropy; accuracy and loss for train/val/test via torchmetrics.
 
-    Metrics are accumulated on the device and logged once per epoch (plus the running train loss
-    every `log_every_n_steps` steps): a `self.log` call costs more than a whole step of this model.
+    A training "batch" is a chunk: a list of batches (see `data.Chunks`), one optimizer step
+    each, so optimization is manual. Metrics are accumulated on the device and logged once per
+    epoch, plus the train loss every `log_every_n_steps` optimizer steps: a `self.log` call
+    costs more than a whole step of this model.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Classifier(pl.LightningModule):
         super().__init__()
         hidden = hidden if isinstance(hidden, int) else list(hidden)
         self.save_hyperparameters(logger=False)  # the full config is logged instead
+        self.automatic_optimization = False
         self.net = MLP(hidden, activation, dropout)
         self.loss = nn.CrossEntropyLoss()
         self.metrics = nn.ModuleDict(
@@ -122,13 +125,22 @@ class Classifier(pl.LightningModule):
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight=labels.numel())
         return loss
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        if (self.global_step + 1) % self.hparams.log_every_n_steps == 0:
-            self.log("train/loss_step", loss, prog_bar=True)
-        return loss
+    def training_step(self, chunk: list[tuple[torch.Tensor, torch.Tensor]], chunk_idx: int) -> None:
+        optimizer = self.optimizers()
+        for batch in chunk:
+            loss = self._step(batch, "train")
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            if self.global_step % self.hparams.log_every_n_steps == 0:
+                self._log_step_loss(loss.detach(), len(batch[1]))
+
+    def _log_step_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        # Straight to the loggers: Lightning would log at its own count of (chunk) batches.
+        value = loss.item()
+        for logger in self.loggers:
+            logger.log_metrics({"train/loss_step": value}, step=self.global_step)
+        self.log("train/loss_step", loss, prog_bar=True, logger=False, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -149,9 +161,15 @@ class Classifier(pl.LightningModule):
             values[f"{stage}/{name}"] = metric.compute()
             metric.reset()
         self.log_dict(values, prog_bar=stage == "val")
+        # Steps on the x-axis are optimizer steps, as for the step loss; Lightning would count
+        # chunks. With "step" given, Lightning no longer adds "epoch" itself.
+        self.log_dict({"step": float(self.global_step), "epoch": float(self.current_epoch)})
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

@@ -49,6 +49,7 @@ def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
         val_size=data.val_size,
         batch_size=data.batch_size,
         eval_batch_size=data.eval_batch_size,
+        chunk_size=data.chunk_size,
         split_seed=data.split_seed,
         shuffle_seed=cfg.seed,
         timeout=data.timeout,
@@ -153,7 +154,7 @@ def build_callbacks(cfg: DictConfig, out: Path) -> tuple[list[Callback], ModelCh
             EarlyStopping(monitor=stopping.monitor, mode=stopping.mode, patience=stopping.patience)
         )
     if cfg.callbacks.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=20))
+        callbacks.append(TQDMProgressBar(refresh_rate=1))  # once per chunk
     return callbacks, best
 
 

@@ -1,7 +1,8 @@
 """`src/train.py` plus a callback recording which training samples each rank sees per epoch.
 
 Run like src/train.py (Lightning's DDP launcher re-runs this script for the other ranks). Writes
-`<output dir>/seen/rank<r>-epoch<e>.txt` (one hash per sample) and `seen/train-split.txt`.
+`<output dir>/seen/rank<r>-epoch<e>.txt` (one hash per sample), `seen/train-split.txt` and
+`seen/rank<r>-weights.txt` (a hash of the rank's trained weights).
 """
 
 import hashlib
@@ -24,8 +25,9 @@ class RecordSamples(pl.Callback):
     def __init__(self, directory: Path) -> None:
         self.directory, self.seen = directory, []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.seen += sample_hashes((batch[0] * 255).round().byte())
+    def on_train_batch_start(self, trainer, pl_module, chunk, chunk_idx) -> None:
+        for images, _ in chunk:
+            self.seen += sample_hashes((images * 255).round().byte())
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -35,6 +37,12 @@ class RecordSamples(pl.Callback):
         if trainer.global_rank == 0:
             split = sample_hashes(trainer.datamodule.train[0])
             (self.directory / "train-split.txt").write_text("\n".join(split))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        weights = hashlib.sha1()
+        for tensor in pl_module.state_dict().values():
+            weights.update(tensor.cpu().numpy().tobytes())
+        (self.directory / f"rank{trainer.global_rank}-weights.txt").write_text(weights.hexdigest())
 
 
 build_callbacks = training.build_callbacks
