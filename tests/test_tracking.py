@@ -18,7 +18,7 @@ from mnist_pipeline.idx import load_images_and_labels
 
 
 def test_training_run_is_fully_tracked(tiny_run, tmp_path):
-    tiny_run("model.hidden=24", "model.activation=sigmoid")
+    tiny_run("model.hidden=24", "model.activation=sigmoid", "trainer.log_every_n_steps=4")
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
@@ -30,8 +30,12 @@ def test_training_run_is_fully_tracked(tiny_run, tmp_path):
     assert params["optimizer.lr"] == "0.001" and params["trainer.max_epochs"] == "2"
     assert params["data.val_size"] == "100"
 
+    # 500 samples in batches of 50: 10 optimizer steps per epoch; steps count optimizer steps.
     history = client.get_metric_history(run.info.run_id, "val/acc")
-    assert len(history) == 2  # once per epoch
+    assert [m.step for m in history] == [10, 20]  # once per epoch
+    history = client.get_metric_history(run.info.run_id, "train/loss_step")
+    assert [m.step for m in history] == [4, 8, 12, 16, 20]
+    assert all(0 < m.value < 3 for m in history)
     for key in ("train/loss", "train/acc", "val/loss", "test/acc", "test/loss", "eval/accuracy"):
         assert key in run.data.metrics, key
     assert run.data.metrics["eval/accuracy"] == pytest.approx(

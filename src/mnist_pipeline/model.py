@@ -96,12 +96,20 @@ class Classifier(pl.LightningModule):
         self.loss = nn.CrossEntropyLoss()
         self.metrics = nn.ModuleDict(
             {
-                f"{stage}_{name}": metric
-                for stage in ("train", "val", "test")
-                for name, metric in (
-                    ("acc", MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)),
-                    ("loss", MeanMetric()),
-                )
+                # Training sums correct answers and losses itself and updates once per chunk.
+                "train_acc": MeanMetric(),
+                "train_loss": MeanMetric(),
+                **{
+                    f"{stage}_{name}": metric
+                    for stage in ("val", "test")
+                    for name, metric in (
+                        (
+                            "acc",
+                            MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False),
+                        ),
+                        ("loss", MeanMetric()),
+                    )
+                },
             }
         )
 
@@ -117,23 +125,29 @@ class Classifier(pl.LightningModule):
         self.train(was_training)
         return probabilities
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         pixels, labels = batch
         logits = self(pixels)
-        loss = self.loss(logits, labels)
         self.metrics[f"{stage}_acc"].update(logits, labels)
-        self.metrics[f"{stage}_loss"].update(loss.detach(), weight=labels.numel())
-        return loss
+        self.metrics[f"{stage}_loss"].update(self.loss(logits, labels), weight=labels.numel())
 
     def training_step(self, chunk: list[tuple[torch.Tensor, torch.Tensor]], chunk_idx: int) -> None:
         optimizer = self.optimizers()
-        for batch in chunk:
-            loss = self._step(batch, "train")
+        correct = loss_sum = torch.zeros((), device=self.device)
+        for pixels, labels in chunk:
+            logits = self(pixels)
+            loss = self.loss(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
+            # Plain sums: a torchmetrics update costs about 80 us, a sixth of a step here.
+            correct = correct + (logits.argmax(dim=-1) == labels).sum()
+            loss_sum = loss_sum + loss.detach() * len(labels)
             if self.global_step % self.hparams.log_every_n_steps == 0:
-                self._log_step_loss(loss.detach(), len(batch[1]))
+                self._log_step_loss(loss.detach(), len(labels))
+        samples = sum(len(labels) for _, labels in chunk)
+        self.metrics["train_acc"].update(correct / samples, weight=samples)
+        self.metrics["train_loss"].update(loss_sum / samples, weight=samples)
 
     def _log_step_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         # Straight to the loggers: Lightning would log at its own count of (chunk) batches.
@@ -143,10 +157,10 @@ class Classifier(pl.LightningModule):
         self.log("train/loss_step", loss, prog_bar=True, logger=False, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._evaluate(batch, "test")
 
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int

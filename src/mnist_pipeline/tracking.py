@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,6 @@ from mnist_pipeline import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from pytorch_lightning.loggers import MLFlowLogger
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
@@ -204,13 +204,15 @@ class Run:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        import time
+        now = int(time.time() * 1000)
+        self.log_metric_history([(key, value, now, step) for key, value in metrics.items()])
 
+    def log_metric_history(self, entries: Sequence[tuple[str, float, int, int]]) -> None:
+        """Write (key, value, timestamp in ms, step) entries in as few transactions as can be."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for start in range(0, len(items), 1000):
+        items = [Metric(key, float(value), ms, step) for key, value, ms, step in entries]
+        for start in range(0, len(items), 1000):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
@@ -220,11 +222,6 @@ class Run:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def lightning_logger(self) -> MLFlowLogger:
-        from pytorch_lightning.loggers import MLFlowLogger
-
-        return MLFlowLogger(tracking_uri=self.uri, run_id=self.run_id)
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
