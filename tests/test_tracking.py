@@ -15,6 +15,7 @@ from conftest import mlflow_runs
 from mnist_pipeline.checkpoints import load_checkpoint
 from mnist_pipeline.evaluation import predict
 from mnist_pipeline.idx import load_images_and_labels
+from mnist_pipeline.tracking import BackgroundRun, TrackingError
 
 
 def test_training_run_is_fully_tracked(tiny_run, tmp_path):
@@ -160,3 +161,44 @@ def test_unreachable_server_fails_fast(tiny_run, tmp_path, monkeypatch):
     assert "is unreachable" in result.stderr and "logger=none" in result.stderr
     assert not (tmp_path / "data").exists()  # failed before any data was fetched
     assert time.monotonic() - started < 60
+
+
+def test_store_that_cannot_be_opened_fails_the_training_with_its_uri(tiny_run, tmp_path):
+    # The run is created in the background while training starts; its error still ends it.
+    not_a_directory = tmp_path / "plain-file"
+    not_a_directory.write_text("")
+    uri = f"sqlite:///{not_a_directory}/mlflow.db"
+    result = tiny_run(f"logger.tracking_uri={uri}", check=False)
+    assert result.returncode != 0
+    assert f"MLflow store {uri}: FileExistsError" in result.stderr
+    assert "logger=none" in result.stderr
+    assert result.stderr.count("TrackingError: MLflow store") == 1  # not again at teardown
+
+
+class RecordedRun:
+    """Stands in for a `Run`: only its end status matters here."""
+
+    status = None
+
+    def end(self, status: str) -> None:
+        self.status = status
+
+
+def test_background_run_is_awaited_before_ending_and_reraises_its_error():
+    created = RecordedRun()
+
+    def slow_create() -> RecordedRun:
+        time.sleep(0.3)
+        return created
+
+    run = BackgroundRun(slow_create)
+    run.end("KILLED")  # waits for the run to exist, then ends it
+    assert created.status == "KILLED" and run.get() is created
+
+    def failing_create() -> RecordedRun:
+        raise TrackingError("store is read-only")
+
+    failed = BackgroundRun(failing_create)
+    with pytest.raises(TrackingError, match="store is read-only"):
+        failed.get()
+    failed.end("FAILED")  # never created: nothing to end, and no second error

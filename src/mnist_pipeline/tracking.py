@@ -10,7 +10,8 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,9 +193,13 @@ class Run:
         return self
 
     @classmethod
-    def attach(cls, run_id: str, configured_uri: str | None = None) -> Run:
+    def attach(cls, run_id: str, configured_uri: str | None = None, status: str = "") -> Run:
+        """The existing run `run_id`, set to `status` if given (e.g. RUNNING again)."""
         uri = tracking_uri(configured_uri)
-        return cls(client(uri), run_id, uri)
+        run = cls(client(uri), run_id, uri)
+        if status:
+            run.client.update_run(run_id, status=status)
+        return run
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -256,10 +261,34 @@ class Run:
             )
 
 
+class BackgroundRun:
+    """A `Run` being created (or re-opened) in a background thread while training starts.
+
+    Importing mlflow and opening the store take 1.5-3 s, and a training first needs its run at
+    the end of its first epoch. `get()` waits for the run and re-raises what stopped it.
+    """
+
+    def __init__(self, open_run: Callable[[], Run]) -> None:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-run")
+        self._future = executor.submit(open_run)
+        executor.shutdown(wait=False)  # its one thread ends with this one task
+
+    def get(self) -> Run:
+        return self._future.result()
+
+    def end(self, status: str) -> None:
+        """End the run with `status` once it exists; nothing to end if it could not be made."""
+        try:
+            run = self.get()
+        except Exception:
+            return
+        run.end(status)
+
+
 @contextmanager
 def tracked_run(
     cfg: DictConfig, output_dir: Path, run_id: str | None = None
-) -> Iterator[Run | None]:
+) -> Iterator[BackgroundRun | None]:
     """The run a training writes to (None with `logger=none` or on ranks other than 0).
 
     A new run unless `run_id` (from a resumed checkpoint) names one to continue. The run ends
@@ -270,11 +299,22 @@ def tracked_run(
     if _value(cfg.logger.backend) == "none" or rank_zero_only.rank != 0:
         yield None
         return
-    if run_id:
-        run = Run.attach(run_id, cfg.logger.tracking_uri)
-        run.client.update_run(run_id, status="RUNNING")
-    else:
-        run = Run.create(cfg, output_dir)
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)  # an unreachable server fails the command before any work
+
+    def open_run() -> Run:
+        try:
+            if run_id:
+                return Run.attach(run_id, uri, status="RUNNING")
+            return Run.create(cfg, output_dir)
+        except Exception as error:
+            raise TrackingError(
+                f"MLflow store {uri}: {type(error).__name__}: {error}; fix logger.tracking_uri / "
+                "$MLFLOW_TRACKING_URI, or train with logger=none"
+            ) from error
+
+    run = BackgroundRun(open_run)
     try:
         yield run
     except (KeyboardInterrupt, SystemExit) as stop:
@@ -283,7 +323,7 @@ def tracked_run(
     except BaseException:
         run.end("FAILED")
         raise
-    run.end("FINISHED")
+    run.get().end("FINISHED")
 
 
 class SweepParentRun(HydraCallback):

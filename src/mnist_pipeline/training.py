@@ -33,7 +33,7 @@ from mnist_pipeline.config import ConfigError, resolve_path, validate
 from mnist_pipeline.data import MNISTDataModule
 from mnist_pipeline.evaluation import log_report, read_curve, write_report
 from mnist_pipeline.model import Classifier
-from mnist_pipeline.tracking import Run, tracked_run
+from mnist_pipeline.tracking import BackgroundRun, TrackingError, tracked_run
 
 log = logging.getLogger(__name__)
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -139,7 +139,7 @@ class RunLogger(Logger):
     the curve CSV, so that once the curve shows an epoch, MLflow has it too.
     """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: BackgroundRun) -> None:
         super().__init__()
         self.run = run
         self.pending: list[tuple[str, float, int, int]] = []
@@ -149,8 +149,8 @@ class RunLogger(Logger):
         return "mlflow"
 
     @property
-    def version(self) -> str:
-        return self.run.run_id
+    def version(self) -> int:
+        return 0  # not the run id: asking for it would wait for the run to exist
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -165,11 +165,16 @@ class RunLogger(Logger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self.flush()
+        try:
+            self.flush()
+        except TrackingError:
+            if status == "success":
+                raise
+            # Already failing, most likely for this very reason: report the first error only.
 
     def flush(self) -> None:
         if self.pending:
-            self.run.log_metric_history(self.pending)
+            self.run.get().log_metric_history(self.pending)
             self.pending = []
 
 
@@ -216,27 +221,36 @@ def train(cfg: DictConfig) -> float:
         run_id = saved.get(RUN_ID_KEY)
     log.info("model: %s; output: %s", _describe_model(cfg), out)
     try:
-        with tracked_run(cfg, out, run_id) as run:
-            return _fit_test_report(cfg, model, out, resume, run)
+        with tracked_run(cfg, out, run_id) as tracking:
+            return _fit_test_report(cfg, model, out, resume, tracking)
     except SIGTERMException as stop:
         # Lightning stops on SIGTERM with a bare SystemExit, i.e. exit status 0: say "killed".
         raise SystemExit(128 + signal.SIGTERM) from stop
 
 
 def _fit_test_report(
-    cfg: DictConfig, model: Classifier, out: Path, resume: Path | None, run: Run | None
+    cfg: DictConfig,
+    model: Classifier,
+    out: Path,
+    resume: Path | None,
+    tracking: BackgroundRun | None,
 ) -> float:
     datamodule = build_datamodule(cfg)
     callbacks, checkpoint = build_callbacks(cfg, out)
     reports = out / "reports"
     curve = TrainingCurve(reports / "training_curve.csv", resumed=resume is not None)
-    if run is not None:
-        callbacks.append(RunIdInCheckpoint(run.run_id))
+    if tracking is not None:
+        callbacks.append(RunIdInCheckpoint(lambda: tracking.get().run_id))
     trainer = pl.Trainer(
-        **cfg.trainer,
+        **{
+            **cfg.trainer,
+            # The model logs the loss every `log_every_n_steps` optimizer steps itself; to
+            # Lightning a step is a chunk of batches, and it has nothing to log per step.
+            "log_every_n_steps": 1,
+        },
         callbacks=callbacks,
         # MLflow first: once the curve shows an epoch, MLflow has it too.
-        logger=[RunLogger(run), curve] if run else [curve],
+        logger=[RunLogger(tracking), curve] if tracking else [curve],
         default_root_dir=out,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.callbacks.progress_bar,
@@ -261,7 +275,8 @@ def _fit_test_report(
     written: list[Path] = []
     if cfg.report:
         metrics, written = write_report(model, images, labels, reports)
-    if run is not None:
+    if tracking is not None:
+        run = tracking.get()
         if best:
             run.log_artifact(Path(best), "checkpoints")
         run.log_artifact(reports / "training_curve.csv", "reports")
