@@ -48,12 +48,12 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 RATIO_TARGETS = {128: 1.3, 32: 1.5}
 FIRST_STEP_TARGET_S = 6.0
 PEAK_RSS_TARGET_MB = 1000.0
-# Output of `python src/train.py` that marks each start-up milestone, in order. The training
+# Output of `python src/train.py` that marks each start-up milestone. The training
 # progress bar is renamed "Epoch 0" in on_train_epoch_start, right before the first batch.
 MILESTONES = {
     "first log line (imports, config, model built)": "model: MLP",
-    "MLflow run created": "MLflow run ",
     "first training step (epoch-0 progress bar)": "Epoch 0:",
+    "MLflow run created (in a background thread)": "MLflow run ",
     "fit and test done (test accuracy logged)": "test accuracy",
 }
 
@@ -324,9 +324,11 @@ def report(
         "CPUs skews the times\n"
         "(a) plain loop: in-memory tensors, permutation per epoch, slices, float/255 per batch\n"
         "(b) pipeline: training.train (its pl.Trainer), MLflow logger (temp sqlite),\n"
-        "    checkpoints, progress bar, train loss logged. Timed: the 2nd epoch's training part,\n"
-        "    on_train_epoch_start -> on_train_end minus its validation pass (shown apart); it\n"
-        "    includes checkpoint saving, epoch-end metric logging and the LR scheduler step\n"
+        "    checkpoints, progress bar, train loss logged; the batches reach Lightning in chunks\n"
+        "    of data.chunk_size samples, one optimizer step per batch. Timed: the 2nd epoch's\n"
+        "    training part, on_train_epoch_start -> on_train_end minus its validation pass\n"
+        "    (shown apart); it includes checkpoint saving, epoch-end metric logging (MLflow\n"
+        "    writes) and the LR scheduler step\n"
         "(c) per-sample Dataset + DataLoader(shuffle=True, num_workers=0), (a)'s loop\n"
         "ratios: median of the per-round ratios\n"
     )
