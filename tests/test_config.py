@@ -19,7 +19,14 @@ def test_default_config_is_the_lecture_network():
 
 @pytest.mark.parametrize(
     "override",
-    ["model.hidden=256", "model.hidden=[256,64]", "model.activation=sigmoid", "optimizer=sgd"],
+    [
+        "model.hidden=256",
+        "model.hidden=[256,64]",
+        "model.activation=sigmoid",
+        "optimizer=sgd",
+        "trainer.log_every_n_steps=0",
+        "data.chunk_size=1",
+    ],
 )
 def test_good_overrides_validate(override):
     validate(composed(override))
@@ -37,6 +44,10 @@ def test_good_overrides_validate(override):
         ("optimizer.lr=0", "optimizer.lr=0.0: expected a positive learning rate"),
         ("+model.hiden=3", "hiden"),
         ("data.batch_size=0", "data.batch_size=0"),
+        ("data.chunk_size=0", "data.chunk_size=0"),
+        ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1: expected a whole number"),
+        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val: not supported"),
+        ("+trainer.accumulate_grad_batches=4", "trainer.accumulate_grad_batches: not supported"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -86,7 +86,7 @@ class RecordingLogger(Logger):
 def _fit(tmp_path, sha256s, chunk_size: int, **hparams) -> tuple[Classifier, pl.Trainer, list]:
     """Two epochs on 500 tiny training samples in batches of 32: 16 optimizer steps each."""
     pl.seed_everything(0, verbose=False)
-    model = Classifier(hidden=16, log_every_n_steps=3, **hparams)
+    model = Classifier(**{"hidden": 16, "log_every_n_steps": 3, **hparams})
     datamodule = MNISTDataModule(
         tmp_path / "mnist", sha256s, val_size=100, batch_size=32, chunk_size=chunk_size
     )
@@ -131,3 +131,11 @@ def test_epoch_scheduler_steps_once_per_epoch(tmp_path, tiny_mnist, monkeypatch)
     # Cosine from 1e-3 to 0 over max_epochs=2: two scheduler steps, not 32 or 6.
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_no_step_loss_with_log_every_n_steps_0(tmp_path, tiny_mnist, monkeypatch):
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    _, _, logged = _fit(tmp_path, sha256s, 100, log_every_n_steps=0)
+    assert not any("train/loss_step" in metrics for metrics, _ in logged)
+    assert sum("val/acc" in metrics for metrics, _ in logged) == 2

@@ -180,6 +180,12 @@ def _range_problems(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"trainer.{key}: not a pytorch_lightning.Trainer argument this config can set"
             )
+    every = cfg.trainer.get("log_every_n_steps", 50)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        problems.append(
+            f"trainer.log_every_n_steps={every!r}: expected a whole number of optimizer steps "
+            "(0: no step loss)"
+        )
     for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
         if cfg.trainer.get(key, default) != default:
             problems.append(
