@@ -83,7 +83,9 @@ class RecordingLogger(Logger):
         self.logged.append((dict(metrics), step))
 
 
-def _fit(tmp_path, sha256s, chunk_size: int, **hparams) -> tuple[Classifier, pl.Trainer, list]:
+def _fit(
+    tmp_path, sha256s, chunk_size: int, max_steps: int = -1, **hparams
+) -> tuple[Classifier, pl.Trainer, list]:
     """Two epochs on 500 tiny training samples in batches of 32: 16 optimizer steps each."""
     pl.seed_everything(0, verbose=False)
     model = Classifier(**{"hidden": 16, "log_every_n_steps": 3, **hparams})
@@ -93,6 +95,7 @@ def _fit(tmp_path, sha256s, chunk_size: int, **hparams) -> tuple[Classifier, pl.
     logger = RecordingLogger()
     trainer = pl.Trainer(
         max_epochs=2,
+        max_steps=max_steps,
         accelerator="cpu",
         logger=logger,
         enable_checkpointing=False,
@@ -139,3 +142,14 @@ def test_no_step_loss_with_log_every_n_steps_0(tmp_path, tiny_mnist, monkeypatch
     _, _, logged = _fit(tmp_path, sha256s, 100, log_every_n_steps=0)
     assert not any("train/loss_step" in metrics for metrics, _ in logged)
     assert sum("val/acc" in metrics for metrics, _ in logged) == 2
+
+
+def test_max_steps_is_exact_within_a_chunk(tmp_path, tiny_mnist, monkeypatch):
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    # Chunks of 3 batches: Lightning alone would stop at the chunk boundary, after 12 steps.
+    model, trainer, _ = _fit(tmp_path, sha256s, 100, max_steps=10)
+    assert trainer.global_step == 10
+    reference, _, _ = _fit(tmp_path, sha256s, 32, max_steps=10)
+    pairs = zip(model.parameters(), reference.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

@@ -134,7 +134,11 @@ class Classifier(pl.LightningModule):
     def training_step(self, chunk: list[tuple[torch.Tensor, torch.Tensor]], chunk_idx: int) -> None:
         optimizer = self.optimizers()
         correct = loss_sum = torch.zeros((), device=self.device)
+        samples = 0
         for pixels, labels in chunk:
+            if 0 <= self.trainer.max_steps <= self.global_step:
+                break  # Lightning checks max_steps between chunks only
+            samples += len(labels)
             logits = self(pixels)
             loss = self.loss(logits, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -146,9 +150,9 @@ class Classifier(pl.LightningModule):
             every = self.hparams.log_every_n_steps  # 0: never, as in Lightning
             if every and self.global_step % every == 0:
                 self._log_step_loss(loss.detach(), len(labels))
-        samples = sum(len(labels) for _, labels in chunk)
-        self.metrics["train_acc"].update(correct / samples, weight=samples)
-        self.metrics["train_loss"].update(loss_sum / samples, weight=samples)
+        if samples:
+            self.metrics["train_acc"].update(correct / samples, weight=samples)
+            self.metrics["train_loss"].update(loss_sum / samples, weight=samples)
 
     def _log_step_loss(self, loss: torch.Tensor, batch_size: int) -> None:
         # Straight to the loggers: Lightning would log at its own count of (chunk) batches.
