@@ -291,8 +291,9 @@ def tracked_run(
 ) -> Iterator[BackgroundRun | None]:
     """The run a training writes to (None with `logger=none` or on ranks other than 0).
 
-    A new run unless `run_id` (from a resumed checkpoint) names one to continue. The run ends
-    FINISHED, FAILED on an exception, or KILLED on Ctrl-C / SIGTERM: never left RUNNING.
+    A new run unless `run_id` (from a resumed checkpoint) names one to continue, made in the
+    background (see `BackgroundRun`). The run ends FINISHED, FAILED on an exception, or KILLED
+    on Ctrl-C / SIGTERM: never left RUNNING.
     """
     from pytorch_lightning.utilities import rank_zero_only
 
