@@ -41,13 +41,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunIdInCheckpoint(pl.Callback):
     """Stores the MLflow run id in every checkpoint, so evaluation and resumes log into that run."""
 
-    def __init__(self, run_id: Callable[[], str]) -> None:
-        self.run_id = run_id  # asked at the first save: the run may still be being created
+    def __init__(self, get_run_id: Callable[[], str]) -> None:
+        self.get_run_id = get_run_id  # asked at each save: the run may still be being created
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[RUN_ID_KEY] = self.run_id()
+        checkpoint[RUN_ID_KEY] = self.get_run_id()
 
 
 class CheckpointOnInterrupt(pl.Callback):
