@@ -94,24 +94,14 @@ class Classifier(pl.LightningModule):
         self.automatic_optimization = False
         self.net = MLP(hidden, activation, dropout)
         self.loss = nn.CrossEntropyLoss()
-        self.metrics = nn.ModuleDict(
-            {
-                # Training sums correct answers and losses itself and updates once per chunk.
-                "train_acc": MeanMetric(),
-                "train_loss": MeanMetric(),
-                **{
-                    f"{stage}_{name}": metric
-                    for stage in ("val", "test")
-                    for name, metric in (
-                        (
-                            "acc",
-                            MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False),
-                        ),
-                        ("loss", MeanMetric()),
-                    )
-                },
-            }
-        )
+        # Training sums correct answers and losses itself and updates once per chunk.
+        metrics: dict[str, nn.Module] = {"train_acc": MeanMetric(), "train_loss": MeanMetric()}
+        for stage in ("val", "test"):
+            metrics[f"{stage}_acc"] = MulticlassAccuracy(
+                NUM_CLASSES, average="micro", validate_args=False
+            )
+            metrics[f"{stage}_loss"] = MeanMetric()
+        self.metrics = nn.ModuleDict(metrics)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net(pixels)
