@@ -2,7 +2,7 @@
 
 Measures, in one process and in interleaved rounds (a, b, c, a, b, c, ...; median per variant):
   (a) a plain PyTorch loop over in-memory tensors: the practical limit;
-  (b) one epoch of the pipeline's training as `mnist_pipeline.training.train` runs it (MLflow
+  (b) one epoch of the pipeline's training as `mnist_pipeline.stages.train.train` runs it (MLflow
       logger on, writing to a temporary sqlite store; checkpoints; progress bar);
   (c) a typical per-sample `Dataset` + `DataLoader(shuffle=True, num_workers=0)` feeding (a)'s loop;
 then (d) the time from command start to the first training step of `python src/train.py` and
@@ -25,8 +25,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-from unittest import mock
 
 import mlflow
 import pytorch_lightning as pl
@@ -37,11 +35,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mnist_pipeline import PROJECT_ROOT, training
+from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.config import validate
-from mnist_pipeline.download import MIRROR_ENV, fetch, sha256_of
-from mnist_pipeline.model import MLP
-from mnist_pipeline.training import build_callbacks, build_datamodule
+from mnist_pipeline.data.download import MIRROR_ENV, fetch, sha256_of
+from mnist_pipeline.parts import build_datamodule, build_network
+from mnist_pipeline.stages.train import train
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # (b)/(a) upper bounds per batch size; start-up and memory bounds of (d) and (e).
@@ -146,11 +144,11 @@ class PerSample(Dataset):
 
 
 class PlainLoop:
-    """An `MLP` and its Adam optimizer, trained one timed epoch at a time on given batches."""
+    """The configured network and Adam, trained one timed epoch at a time on given batches."""
 
     def __init__(self, batches: Callable[[], Iterable[Batch]], cfg: DictConfig) -> None:
         self.batches = batches
-        self.model = MLP(cfg.model.hidden, cfg.model.activation.value, cfg.model.dropout)
+        self.model = build_network(cfg.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optimizer.lr)
 
     def epoch(self) -> float:
@@ -160,11 +158,18 @@ class PlainLoop:
 
 
 class EpochTimer(pl.Callback):
-    """Times the last epoch (on_train_epoch_start to on_train_end) and its validation pass."""
+    """Times the last epoch (on_train_epoch_start to on_train_end) and its validation pass.
+
+    Added to the pipeline's callbacks the way a user adds one, by a config entry; the newest
+    instance is `EpochTimer.latest`.
+    """
+
+    latest: EpochTimer | None = None
 
     def __init__(self) -> None:
         self.epoch_start = self.val_start = 0.0
         self.epoch = self.val = float("nan")
+        EpochTimer.latest = self
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_start = time.perf_counter()
@@ -181,24 +186,16 @@ class EpochTimer(pl.Callback):
 
 
 def pipeline_epoch(cfg: DictConfig) -> tuple[float, float]:
-    """(b): `training.train(cfg)`; (train part, validation pass) of its last epoch, in seconds.
+    """(b): `train(cfg)`; (train part, validation pass) of its last epoch, in seconds.
 
-    The timer joins the callbacks of `training.build_callbacks`, so the Trainer is exactly the
-    one `train` builds. Progress bars go to stderr (Lightning writes them to stdout).
+    `cfg` has an `EpochTimer` among its callbacks. Progress bars go to stderr (Lightning writes
+    them to stdout).
     """
-    timer = EpochTimer()
-
-    def with_timer(cfg: DictConfig, out: Path) -> tuple[list[pl.Callback], Any]:
-        callbacks, checkpoint = build_callbacks(cfg, out)
-        return [*callbacks, timer], checkpoint
-
-    with (
-        mock.patch.object(training, "build_callbacks", with_timer),
-        contextlib.redirect_stdout(sys.stderr),
-    ):
-        training.train(cfg)
-    if math.isnan(timer.epoch) or math.isnan(timer.val):
-        raise RuntimeError("no epoch timed: does training.train still use build_callbacks?")
+    with contextlib.redirect_stdout(sys.stderr):
+        train(cfg)
+    timer = EpochTimer.latest
+    if timer is None or math.isnan(timer.epoch) or math.isnan(timer.val):
+        raise RuntimeError("no epoch timed: is callbacks.epoch_timer in the config?")
     return timer.epoch - timer.val, timer.val
 
 
@@ -213,10 +210,11 @@ def measure_epochs(
             "data.local_mirror=null",
             f"data.batch_size={size}",
             "trainer.max_epochs=2",  # a warm-up epoch, then the timed one
-            f"logger.tracking_uri={_quote(store)}",
+            f"logger.mlflow.tracking_uri={_quote(store)}",
             # After fit: test only; the report and the logged model are not timed, so skipped.
             "report=false",
-            "logger.log_model=false",
+            "logger.mlflow.log_model=false",
+            "+callbacks.epoch_timer={_target_:__main__.EpochTimer}",
         ]
         for size in batch_sizes
     }
@@ -323,7 +321,7 @@ def report(
         f"1-min load average {load[0]:.2f} at start, {load[1]:.2f} at end: other work on the "
         "CPUs skews the times\n"
         "(a) plain loop: in-memory tensors, permutation per epoch, slices, float/255 per batch\n"
-        "(b) pipeline: training.train (its pl.Trainer), MLflow logger (temp sqlite),\n"
+        "(b) pipeline: stages.train.train (its pl.Trainer), MLflow logger (temp sqlite),\n"
         "    checkpoints, progress bar, train loss logged; the batches reach Lightning in chunks\n"
         "    of data.chunk_size samples, one optimizer step per batch. Timed: the 2nd epoch's\n"
         "    training part, on_train_epoch_start -> on_train_end minus its validation pass\n"

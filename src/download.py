@@ -1,18 +1,23 @@
 """Fetch and verify MNIST into data/mnist: `python src/download.py` (the DVC `download` stage).
 
-Tries data/raw (pinned by data.dvc), then $MNIST_MIRROR, then the mirrors in conf/data/mnist.yaml.
+Tries $MNIST_MIRROR, then data/raw (pinned by data.dvc), then the mirrors in conf/data/mnist.yaml.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from mnist_pipeline.config import validate
-from mnist_pipeline.training import build_datamodule
+from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline.config import resolve_path, validate
+from mnist_pipeline.data.download import fetch
+from mnist_pipeline.stages import user_errors_exit_2
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@user_errors_exit_2
 def main(cfg: DictConfig) -> None:
-    build_datamodule(validate(cfg)).prepare_data()
+    data = validate(cfg).data
+    local = [str(resolve_path(PROJECT_ROOT, data.local_mirror))] if data.local_mirror else []
+    fetch(resolve_path(PROJECT_ROOT, data.dir), data.files, local + list(data.mirrors), data.timeout)
 
 
 if __name__ == "__main__":

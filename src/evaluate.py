@@ -8,15 +8,17 @@ import hydra
 from omegaconf import DictConfig
 
 from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.config import resolve_path, validate
-from mnist_pipeline.evaluation import evaluate
+from mnist_pipeline.config import ConfigError, resolve_path, validate
+from mnist_pipeline.stages import user_errors_exit_2
+from mnist_pipeline.stages.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@user_errors_exit_2
 def main(cfg: DictConfig) -> None:
     cfg = validate(cfg)
     if not cfg.ckpt_path:
-        raise SystemExit("evaluate.py needs ckpt_path=<checkpoint to score>")
+        raise ConfigError("ckpt_path: which checkpoint? give ckpt_path=<checkpoint to score>")
     evaluate(cfg, resolve_path(PROJECT_ROOT, cfg.ckpt_path))
 
 

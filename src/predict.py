@@ -8,8 +8,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_pipeline.images import load_digit
-from mnist_pipeline.prediction import load_predictor, render_probabilities
+from mnist_pipeline.prediction.images import load_digit
+from mnist_pipeline.prediction.predict import load_predictor, render_probabilities
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

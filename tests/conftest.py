@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from mnist_pipeline.idx import write_idx
+from mnist_pipeline.data.idx import write_idx
 
 SPLITS = {"train": "train", "test": "t10k"}
 
@@ -211,8 +211,8 @@ def tiny_run(
         "data.val_size=100",
         "data.batch_size=50",
         "trainer.max_epochs=2",
-        "callbacks.progress_bar=false",
-        "callbacks.model_summary=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
         f"hydra.run.dir={tmp_path / 'run'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
         *(f"data.files.{name}={digest}" for name, digest in sha256s.items()),
@@ -236,4 +236,41 @@ def tiny_run(
         return result
 
     run.command = command
+    return run
+
+
+@pytest.fixture
+def train_tiny(
+    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+):
+    """Factory: `train_tiny(*overrides) -> best validation accuracy`: `stages.train.train` run
+    in this process on the tiny data set, the config composed from conf/ as `src/train.py`
+    would. Outputs in `tmp_path / "run"`, the MLflow store in `tmp_path / "mlflow.db"`.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from mnist_pipeline.stages.train import train
+
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    base = [
+        f"data.dir={tmp_path / 'data' / 'mnist'}",
+        "data.local_mirror=null",
+        "data.mirrors=[]",
+        "data.val_size=100",
+        "data.batch_size=50",
+        "trainer.max_epochs=2",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        f"paths.output_dir={tmp_path / 'run'}",
+        *(f"data.files.{name}={digest}" for name, digest in sha256s.items()),
+    ]
+
+    def run(*overrides: str) -> float:
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[*base, *overrides])
+        return train(cfg)
+
     return run

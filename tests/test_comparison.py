@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import mlflow_runs
 from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
 from PIL import Image
 
-from mnist_pipeline.comparison import Summary, markdown, summarise, verdict
+from mnist_pipeline.reporting.comparison import Summary, markdown, summarise, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def test_experiment_composes_as_a_sweep_over_the_activation():
     assert cfg.hydra.sweeper.params == {"model.activation": "sigmoid,relu"}
     assert cfg.trainer.max_epochs == 10
     callback = cfg.hydra.callbacks.activation_comparison
-    assert callback._target_ == "mnist_pipeline.comparison.ActivationComparison"
+    assert callback._target_ == "mnist_pipeline.reporting.comparison.ActivationComparison"
     assert callback.output == "reports/activation_comparison.png"
     # The sweep is still grouped under one parent MLflow run.
     assert "mlflow_sweep" in cfg.hydra.callbacks
@@ -55,13 +56,14 @@ def test_summary_and_verdict_from_curves():
     assert "| sigmoid |" in table
 
 
+@pytest.mark.slow
 def test_sweep_writes_figure_table_and_parent_run_artifacts(tiny_run, tmp_path):
     figure = tmp_path / "cmp" / "cmp.png"
     result = tiny_run(
         "experiment=activation_comparison",
         "trainer.max_epochs=2",
         "report=false",
-        "logger.log_model=false",
+        "logger.mlflow.log_model=false",
         f"hydra.callbacks.activation_comparison.output={figure}",
     )
     # Hydra turns an exception in a callback into a warning: it must not have happened.

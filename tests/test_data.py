@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mnist_pipeline.data import Chunks, MNISTDataModule, TensorBatches, split_indices
+from mnist_pipeline.data.datamodule import MNISTDataModule, TensorBatches, split_indices
+from mnist_pipeline.training.chunks import Chunks
 
 
 def test_split_is_deterministic_disjoint_and_complete():

@@ -3,20 +3,22 @@
 import json
 
 import pytest
-from conftest import mlflow_runs
+from conftest import REPO, mlflow_runs
 
-from mnist_pipeline.checkpoints import load_checkpoint
-from mnist_pipeline.evaluation import predict, score
-from mnist_pipeline.idx import load_images_and_labels
+from mnist_pipeline.data.idx import load_images_and_labels
+from mnist_pipeline.reporting.evaluation import predict, score
+from mnist_pipeline.training.checkpoints import load_network
 
 
-def test_ddp_on_two_cpu_processes(tiny_run, tmp_path):
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "probes"))
     tiny_run(
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "model.hidden=32",
-        script="tests/probes/record_samples.py",
+        "+callbacks.record_samples={_target_:record_samples.RecordSamples,dirpath:null}",
     )
     run_dir = tmp_path / "run"
 
@@ -39,7 +41,7 @@ def test_ddp_on_two_cpu_processes(tiny_run, tmp_path):
 
     # The synced test accuracy is the accuracy on each of the 200 test images counted once.
     summary = json.loads((run_dir / "reports" / "train_metrics.json").read_text())
-    model, run_id = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    model, run_id = load_network(run_dir / "checkpoints" / "best.ckpt")
     assert run_id == runs[0].info.run_id
     data = tmp_path / "data" / "mnist"
     images, labels = load_images_and_labels(

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_mnist
 
-from mnist_pipeline.download import DownloadError, fetch, sha256_of
-from mnist_pipeline.idx import load_images_and_labels
+from mnist_pipeline.data.download import DownloadError, fetch, sha256_of
+from mnist_pipeline.data.idx import load_images_and_labels
 
 NAMES = [
     "train-images-idx3-ubyte",

@@ -72,6 +72,7 @@ def project(tmp_path, tiny_mnist, http_mirror, monkeypatch):
     return project
 
 
+@pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project):
     first = _dvc(project, "repro")
     for stage in ("download", "train", "evaluate"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_pipeline import figures
+from mnist_pipeline.reporting import figures
 
 
 def _curve(epochs: int, rng: np.random.Generator) -> list[dict[str, float | str]]:

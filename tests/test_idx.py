@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_tiny_mnist
 
-from mnist_pipeline.idx import IdxError, load_images_and_labels, read_idx, write_idx
+from mnist_pipeline.data.idx import IdxError, load_images_and_labels, read_idx, write_idx
 
 
 def random_images(n: int, h: int = 28, w: int = 28, seed: int = 0) -> np.ndarray:

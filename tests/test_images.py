@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_pipeline.images import ImageError, load_digit
+from mnist_pipeline.prediction.images import ImageError, load_digit
 
 
 def _seven(path: Path, ink: str = "black", paper: str = "white", mode: str = "RGB") -> Path:

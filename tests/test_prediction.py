@@ -13,8 +13,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.model import Classifier
-from mnist_pipeline.prediction import load_predictor, render_probabilities
+from mnist_pipeline.networks.mlp import MLP
+from mnist_pipeline.prediction.predict import load_predictor, render_probabilities
+from mnist_pipeline.training.classifier import Classifier
 
 # "  7 ███████▍ 0.912  <- guess": digit, bar, probability
 PROBABILITY_LINE = re.compile(r"^  (\d) [ █▏▎▍▌▋▊▉]* (\d\.\d{3})(  <- guess)?$", re.MULTILINE)
@@ -22,12 +23,13 @@ PROBABILITY_LINE = re.compile(r"^  (\d) [ █▏▎▍▌▋▊▉]* (\d\.\d{3})
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained hidden=16 Classifier saved the way training saves it."""
+    """An untrained hidden=16 MLP saved the way training saves it."""
     path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
     trainer = pl.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
-    trainer.strategy.connect(Classifier(hidden=16))
+    parts = {"model": {"_target_": "mnist_pipeline.networks.mlp.MLP", "hidden": 16}}
+    trainer.strategy.connect(Classifier(MLP(hidden=16), torch.optim.Adam, parts=parts))
     trainer.save_checkpoint(path)
     return path
 
@@ -51,6 +53,7 @@ def _predict(*overrides: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path) -> None:
     result = _predict(f"ckpt_path={checkpoint}", f"image={digit}")
     assert result.returncode == 0, result.stderr
@@ -65,6 +68,7 @@ def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path) -
     assert not (PROJECT_ROOT / "predict.log").exists()
 
 
+@pytest.mark.slow
 def test_predict_rejects_a_file_that_is_not_an_image(checkpoint: Path, tmp_path: Path) -> None:
     notes = tmp_path / "notes.png"
     notes.write_text("not a picture")

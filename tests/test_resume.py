@@ -5,9 +5,11 @@ import signal
 import subprocess
 import time
 
+import pytest
 from conftest import mlflow_runs
 
-from mnist_pipeline.checkpoints import find_last, read_checkpoint
+from mnist_pipeline.config import ConfigError
+from mnist_pipeline.training.checkpoints import find_last, read_checkpoint
 
 # 100 steps per epoch in chunks of 4: a signal is handled between chunks, so mid-epoch.
 SLOW = (
@@ -15,7 +17,7 @@ SLOW = (
     "data.batch_size=5",
     "data.chunk_size=20",
     "report=false",
-    "logger.log_model=false",
+    "logger.mlflow.log_model=false",
 )
 
 
@@ -37,6 +39,7 @@ def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Po
     return process
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=2)
     process.kill()  # SIGKILL: no handler runs, the process just vanishes
@@ -63,6 +66,7 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
     assert find_last(tmp_path) == last
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_path):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
     process.send_signal(signal.SIGTERM)
@@ -75,10 +79,11 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_pa
     assert [r.info.status for r in runs] == ["KILLED"]
 
 
-def test_resuming_into_a_different_model_is_refused(tiny_run, tmp_path):
-    tiny_run("trainer.max_epochs=1", "report=false", "logger=none", "model.hidden=16")
+def test_resuming_into_a_different_model_is_refused(train_tiny, tmp_path):
+    train_tiny("trainer.max_epochs=1", "report=false", "logger=none", "model.hidden=16")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    result = tiny_run(f"ckpt_path={last}", "logger=none", "model.hidden=32", check=False)
-    assert result.returncode != 0
-    assert "hidden: checkpoint 16, config 32" in result.stderr
-    assert "resume with the settings it was trained with" in result.stderr
+    with pytest.raises(ConfigError) as error:
+        train_tiny(f"ckpt_path={last}", "logger=none", "model.hidden=32", "scheduler=cosine")
+    assert "model.hidden: checkpoint 16, config 32" in str(error.value)
+    assert "scheduler._target_: checkpoint None, config torch.optim" in str(error.value)
+    assert "resume with the settings it was trained with" in str(error.value)

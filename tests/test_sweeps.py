@@ -1,11 +1,13 @@
 """Sweeps: Optuna search, and parallel jobs sharing one sqlite store."""
 
+import pytest
 import yaml
 from conftest import mlflow_runs
 
-QUICK = ("trainer.max_epochs=2", "report=false", "logger.log_model=false")
+QUICK = ("trainer.max_epochs=2", "report=false", "logger.mlflow.log_model=false")
 
 
+@pytest.mark.slow
 def test_optuna_search_maximises_validation_accuracy(tiny_run, tmp_path):
     tiny_run("hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK)
     results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
@@ -20,6 +22,7 @@ def test_optuna_search_maximises_validation_accuracy(tiny_run, tmp_path):
     assert max(r.data.metrics["val/acc"] for r in children) >= results["best_value"] - 1e-6
 
 
+@pytest.mark.slow
 def test_parallel_jobs_share_the_sqlite_store_without_losing_anything(tiny_run, tmp_path):
     tiny_run(
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.hidden=8,16,24,32", *QUICK

@@ -12,19 +12,21 @@ import numpy as np
 import pytest
 from conftest import mlflow_runs
 
-from mnist_pipeline.checkpoints import load_checkpoint
-from mnist_pipeline.evaluation import predict
-from mnist_pipeline.idx import load_images_and_labels
-from mnist_pipeline.tracking import BackgroundRun, TrackingError
+from mnist_pipeline.data.download import DownloadError
+from mnist_pipeline.data.idx import load_images_and_labels
+from mnist_pipeline.reporting.evaluation import predict
+from mnist_pipeline.tracking.logger import TrackingError
+from mnist_pipeline.training.checkpoints import load_network
 
 
+@pytest.mark.slow
 def test_training_run_is_fully_tracked(tiny_run, tmp_path):
     tiny_run("model.hidden=24", "model.activation=sigmoid", "trainer.log_every_n_steps=4")
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "mlp-h24-sigmoid"
+    assert run.info.run_name == "mlp-hidden=24-activation=sigmoid"
 
     params = run.data.params
     assert params["model.hidden"] == "24" and params["model.activation"] == "sigmoid"
@@ -73,24 +75,24 @@ def test_training_run_is_fully_tracked(tiny_run, tmp_path):
     served = np.asarray(model.predict(pixels))
     assert served.shape == (64, 10)
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
-    classifier, run_id = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    net, run_id = load_network(tmp_path / "run" / "checkpoints" / "best.ckpt")
     assert run_id == run.info.run_id
-    expected = predict(classifier, images[:64]).numpy()
+    expected = predict(net, images[:64]).numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
-def test_failing_run_ends_failed(tiny_run, tmp_path):
+def test_failing_run_ends_failed(train_tiny, tmp_path):
     # A wrong checksum: every mirror fails verification inside fit, after the run started.
-    result = tiny_run("data.files.t10k-labels-idx1-ubyte=" + "0" * 64, check=False)
-    assert result.returncode != 0
-    assert "could not fetch t10k-labels-idx1-ubyte" in result.stderr
+    with pytest.raises(DownloadError, match="could not fetch t10k-labels-idx1-ubyte"):
+        train_tiny("data.files.t10k-labels-idx1-ubyte=" + "0" * 64)
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+@pytest.mark.slow
 def test_multirun_groups_jobs_under_a_parent(tiny_run, tmp_path):
     tiny_run(
-        "-m", "model.hidden=8,16", "trainer.max_epochs=1", "report=false", "logger.log_model=false"
+        "-m", "model.hidden=8,16", "trainer.max_epochs=1", "report=false", "logger.mlflow.log_model=false"
     )
     _, runs = mlflow_runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -108,6 +110,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_training_against_a_tracking_server(tiny_run, tmp_path, monkeypatch):
     port = _free_port()
     server = subprocess.Popen(
@@ -153,52 +156,22 @@ def test_training_against_a_tracking_server(tiny_run, tmp_path, monkeypatch):
         server.wait(timeout=30)
 
 
-def test_unreachable_server_fails_fast(tiny_run, tmp_path, monkeypatch):
+def test_unreachable_server_fails_fast(train_tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     started = time.monotonic()
-    result = tiny_run(check=False)
-    assert result.returncode != 0
-    assert "is unreachable" in result.stderr and "logger=none" in result.stderr
+    with pytest.raises(TrackingError) as error:
+        train_tiny()
+    assert "is unreachable" in str(error.value) and "logger=none" in str(error.value)
     assert not (tmp_path / "data").exists()  # failed before any data was fetched
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 30
 
 
-def test_store_that_cannot_be_opened_fails_the_training_with_its_uri(tiny_run, tmp_path):
+def test_store_that_cannot_be_opened_fails_the_training_with_its_uri(train_tiny, tmp_path):
     # The run is created in the background while training starts; its error still ends it.
     not_a_directory = tmp_path / "plain-file"
     not_a_directory.write_text("")
     uri = f"sqlite:///{not_a_directory}/mlflow.db"
-    result = tiny_run(f"logger.tracking_uri={uri}", check=False)
-    assert result.returncode != 0
-    assert f"MLflow store {uri}: FileExistsError" in result.stderr
-    assert "logger=none" in result.stderr
-    assert result.stderr.count("TrackingError: MLflow store") == 1  # not again at teardown
-
-
-class RecordedRun:
-    """Stands in for a `Run`: only its end status matters here."""
-
-    status = None
-
-    def end(self, status: str) -> None:
-        self.status = status
-
-
-def test_background_run_is_awaited_before_ending_and_reraises_its_error():
-    created = RecordedRun()
-
-    def slow_create() -> RecordedRun:
-        time.sleep(0.3)
-        return created
-
-    run = BackgroundRun(slow_create)
-    run.end("KILLED")  # waits for the run to exist, then ends it
-    assert created.status == "KILLED" and run.get() is created
-
-    def failing_create() -> RecordedRun:
-        raise TrackingError("store is read-only")
-
-    failed = BackgroundRun(failing_create)
-    with pytest.raises(TrackingError, match="store is read-only"):
-        failed.get()
-    failed.end("FAILED")  # never created: nothing to end, and no second error
+    with pytest.raises(TrackingError) as error:
+        train_tiny(f"logger.mlflow.tracking_uri={uri}")
+    assert f"MLflow store {uri}: FileExistsError" in str(error.value)
+    assert "logger=none" in str(error.value)

@@ -1,47 +1,35 @@
-"""The config schema: every key the pipeline reads, its type, and what values are allowed.
+"""The config check: every key the pipeline reads, refused at once when it cannot work.
 
-`conf/` (or DVC's composed `params.yaml`) is merged onto these dataclasses before any data is
-loaded or any run is opened, so a typo or a bad value fails at once with the key's name.
+`conf/` (or DVC's composed `params.yaml`) is checked before any data is loaded or any run is
+opened, so a typo or a bad value fails at once, naming the key. The fixed part (data, paths,
+trainer) has a schema; the parts built from `_target_` (model, optimizer, scheduler, loggers,
+callbacks) are checked against their class: the class must import, every key must be one of
+its arguments, and the networks, optimizers, schedulers and callbacks are built once on the
+spot, so that their own argument checks run too (building them costs milliseconds).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from mnist_pipeline.networks import ArgumentError
+
+# Keys of a part's config that the pipeline fills in when they are null (see `parts`).
+RUN_DIR_KEYS = ("save_dir", "dirpath")
 
 
 class ConfigError(ValueError):
     """A config key has a value the pipeline cannot use."""
-
-
-class Activation(str, Enum):
-    relu = "relu"
-    sigmoid = "sigmoid"
-    tanh = "tanh"
-    gelu = "gelu"
-
-
-class OptimizerName(str, Enum):
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class Scheduler(str, Enum):
-    none = "none"
-    cosine = "cosine"
-
-
-class LoggerBackend(str, Enum):
-    mlflow = "mlflow"
-    none = "none"
 
 
 @dataclass
@@ -66,57 +54,6 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    # An int, or a list of ints for a deeper network (OmegaConf has no Union type).
-    hidden: Any = 128
-    activation: Activation = Activation.relu
-    dropout: float = 0.2
-
-
-@dataclass
-class OptimizerConfig:
-    name: OptimizerName = OptimizerName.adam
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float | None = None
-    scheduler: Scheduler = Scheduler.none
-
-
-@dataclass
-class CheckpointConfig:
-    monitor: str = "val/acc"
-    mode: str = "max"
-    save_last: bool = True
-
-
-@dataclass
-class EarlyStoppingConfig:
-    enabled: bool = False
-    monitor: str = "val/acc"
-    mode: str = "max"
-    patience: int = 3
-
-
-@dataclass
-class CallbacksConfig:
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    progress_bar: bool = True
-    model_summary: bool = True
-
-
-@dataclass
-class LoggerConfig:
-    backend: LoggerBackend = LoggerBackend.mlflow
-    # None: $MLFLOW_TRACKING_URI if set, else sqlite:///<repository root>/mlflow.db.
-    tracking_uri: str | None = None
-    experiment_name: str = "mnist"
-    # None: derived from the model, e.g. "mlp-h256-relu".
-    run_name: str | None = None
-    log_model: bool = True
-
-
-@dataclass
 class Config:
     seed: int = 42
     ckpt_path: str | None = None
@@ -124,59 +61,47 @@ class Config:
     report: bool = True
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    # Passed to `pl.Trainer` as keyword arguments; Lightning checks the names.
+    # Built from `_target_` and checked against their classes, not a schema.
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    logger: Any = None
+    callbacks: Any = None
+    # Passed to `pl.Trainer` as keyword arguments.
     trainer: dict[str, Any] = field(default_factory=dict)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def validate(cfg: DictConfig) -> DictConfig:
-    """`cfg` checked against the schema and value ranges; a `ConfigError` names the bad key."""
+    """`cfg` checked; a `ConfigError` names each bad key, one line each."""
     try:
         checked = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
-    problems = _range_problems(checked)
+    problems = _data_problems(checked) + _trainer_problems(checked) + _part_problems(checked)
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigError("\n".join(problems))
     return checked
 
 
 def _describe(error: OmegaConfBaseException) -> str:
     key = getattr(error, "full_key", None)
     message = str(error).splitlines()[0]
-    return f"invalid config key '{key}': {message}" if key else f"invalid config: {message}"
+    return f"{key}: {message}" if key else f"invalid config: {message}"
 
 
-def _range_problems(cfg: DictConfig) -> list[str]:
+def _data_problems(cfg: DictConfig) -> list[str]:
+    return [
+        f"data.{key}={cfg.data[key]}: expected a positive integer"
+        for key in ("batch_size", "eval_batch_size", "chunk_size", "val_size")
+        if cfg.data[key] <= 0
+    ]
+
+
+def _trainer_problems(cfg: DictConfig) -> list[str]:
     problems = []
-    hidden = cfg.model.hidden
-    if OmegaConf.is_list(hidden):
-        hidden = OmegaConf.to_container(hidden)
-    widths = hidden if isinstance(hidden, list) else [hidden]
-    if not widths or not all(
-        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
-    ):
-        problems.append(
-            f"model.hidden={hidden!r}: expected a positive integer or a non-empty list of "
-            "them (e.g. 128 or [256,128])"
-        )
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        problems.append(f"model.dropout={cfg.model.dropout}: expected 0 <= dropout < 1")
-    if cfg.optimizer.lr <= 0:
-        problems.append(f"optimizer.lr={cfg.optimizer.lr}: expected a positive learning rate")
-    if cfg.optimizer.momentum is not None and cfg.optimizer.name != OptimizerName.sgd:
-        problems.append(
-            f"optimizer.momentum is only used by sgd, not {cfg.optimizer.name.value}: remove it"
-        )
-    for key in ("batch_size", "eval_batch_size", "chunk_size", "val_size"):
-        if cfg.data[key] <= 0:
-            problems.append(f"data.{key}={cfg.data[key]}: expected a positive integer")
-    trainer_arguments = inspect.signature(pl.Trainer.__init__).parameters
+    arguments = inspect.signature(pl.Trainer.__init__).parameters
     for key in cfg.trainer:
-        if key not in trainer_arguments or key in ("callbacks", "logger", "plugins"):
+        if key not in arguments or key in ("callbacks", "logger", "plugins"):
             problems.append(
                 f"trainer.{key}: not a pytorch_lightning.Trainer argument this config can set"
             )
@@ -192,13 +117,81 @@ def _range_problems(cfg: DictConfig) -> list[str]:
                 f"trainer.{key}: not supported: the model steps its optimizer itself, once per "
                 "batch of each training chunk (data.chunk_size), so Lightning cannot"
             )
-    for key, mode in (
-        ("callbacks.checkpoint.mode", cfg.callbacks.checkpoint.mode),
-        ("callbacks.early_stopping.mode", cfg.callbacks.early_stopping.mode),
-    ):
-        if mode not in ("min", "max"):
-            problems.append(f"{key}={mode!r}: expected 'min' or 'max'")
     return problems
+
+
+def _part_problems(cfg: DictConfig) -> list[str]:
+    problems = _target_problems(cfg.model, "model", nn_module=True)
+    if not problems:
+        problems += _built(lambda: instantiate(cfg.model), "model")
+    optimizer_problems = _target_problems(cfg.optimizer, "optimizer", skip=1)
+    lr = (cfg.optimizer or {}).get("lr")
+    if isinstance(lr, (int, float)) and lr <= 0:
+        optimizer_problems.append(f"optimizer.lr={lr}: expected a positive learning rate")
+    problems += optimizer_problems
+    optimizer: list[torch.optim.Optimizer] = []
+    if not optimizer_problems:
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        problems += _built(lambda: optimizer.append(instantiate(cfg.optimizer)([parameter])), "optimizer")
+    if cfg.scheduler:  # scheduler=none: {}
+        scheduler_problems = _target_problems(cfg.scheduler, "scheduler", skip=1)
+        problems += scheduler_problems
+        if optimizer and not scheduler_problems:
+            problems += _built(lambda: instantiate(cfg.scheduler)(optimizer[0]), "scheduler")
+    for group in ("logger", "callbacks"):
+        for name, part in (cfg[group] or {}).items():
+            if part is None:
+                continue  # switched off with `group.name=null`
+            key = f"{group}.{name}"
+            part_problems = _target_problems(part, key)
+            problems += part_problems
+            if group == "callbacks" and not part_problems:
+                filled = {k: "." for k in RUN_DIR_KEYS if k in part and part[k] is None}
+                problems += _built(lambda part=part, filled=filled: instantiate(part, **filled), key)
+    return problems
+
+
+def _target_problems(part: Any, key: str, skip: int = 0, nn_module: bool = False) -> list[str]:
+    """Is `part` a `_target_` config whose class imports and takes each of its keys?
+
+    `skip`: leading arguments given at run time (an optimizer's parameters, a scheduler's
+    optimizer), which the config must not set.
+    """
+    if not OmegaConf.is_dict(part) or not part.get("_target_"):
+        return [f"{key}: expected a config with _target_ (the dotted path of a class), got {part!r}"]
+    target = part["_target_"]
+    try:
+        factory = get_object(target)
+    except Exception as error:  # noqa: BLE001  Hydra wraps every import failure differently
+        reason = str(error).strip().splitlines()[-1]
+        return [f"{key}._target_={target}: cannot import it ({reason})"]
+    if nn_module and not (inspect.isclass(factory) and issubclass(factory, torch.nn.Module)):
+        return [f"{key}._target_={target}: expected a torch.nn.Module class"]
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return []  # no signature to check against (a builtin): building it will tell
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    names = [p.name for p in parameters]
+    return [
+        f"{key}.{name}: not an argument of {target} (it takes {', '.join(names) or 'none'})"
+        for name in part
+        if not str(name).startswith("_") and name not in names
+    ]
+
+
+def _built(build: Callable[[], Any], key: str) -> list[str]:
+    """[] if `build()` works, else its error as one line naming `key`."""
+    try:
+        build()
+    except Exception as error:  # noqa: BLE001  a library's own check, worded its own way
+        cause = error.__cause__ or error  # Hydra wraps the class's error in its own
+        if isinstance(cause, ArgumentError):
+            return [f"{key}.{cause}"]
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        return [f"{key}: {message}"]
+    return []
 
 
 def resolve_path(root: Path, path: str | Path) -> Path:

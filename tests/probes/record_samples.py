@@ -1,20 +1,18 @@
-"""`src/train.py` plus a callback recording which training samples each rank sees per epoch.
+"""A callback recording which training samples each rank sees per epoch, added from the
+command line as any callback is (no code of the pipeline changes):
 
-Run like src/train.py (Lightning's DDP launcher re-runs this script for the other ranks). Writes
-`<output dir>/seen/rank<r>-epoch<e>.txt` (one hash per sample), `seen/train-split.txt` and
-`seen/rank<r>-weights.txt` (a hash of the rank's trained weights).
+    PYTHONPATH=tests/probes python src/train.py \
+        '+callbacks.record_samples={_target_:record_samples.RecordSamples,dirpath:null}'
+
+Writes `<output dir>/seen/rank<r>-epoch<e>.txt` (one hash per sample), `seen/train-split.txt`
+and `seen/rank<r>-weights.txt` (a hash of the rank's trained weights). `dirpath: null` is the
+run's `checkpoints/` folder; the files go beside it.
 """
 
 import hashlib
-import sys
 from pathlib import Path
 
-import hydra
 import pytorch_lightning as pl
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
-from mnist_pipeline import training  # noqa: E402
 
 
 def sample_hashes(images) -> list[str]:
@@ -22,8 +20,8 @@ def sample_hashes(images) -> list[str]:
 
 
 class RecordSamples(pl.Callback):
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.seen = directory, []
+    def __init__(self, dirpath: str) -> None:
+        self.directory, self.seen = Path(dirpath).parent / "seen", []
 
     def on_train_batch_start(self, trainer, pl_module, chunk, chunk_idx) -> None:
         for images, _ in chunk:
@@ -43,23 +41,3 @@ class RecordSamples(pl.Callback):
         for tensor in pl_module.state_dict().values():
             weights.update(tensor.cpu().numpy().tobytes())
         (self.directory / f"rank{trainer.global_rank}-weights.txt").write_text(weights.hexdigest())
-
-
-build_callbacks = training.build_callbacks
-
-
-def build_callbacks_recording(cfg, out):
-    callbacks, checkpoint = build_callbacks(cfg, out)
-    return [*callbacks, RecordSamples(out / "seen")], checkpoint
-
-
-training.build_callbacks = build_callbacks_recording
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
-def main(cfg) -> float:
-    return training.train(cfg)
-
-
-if __name__ == "__main__":
-    main()

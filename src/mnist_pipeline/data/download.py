@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mnist_pipeline.idx import decompress, parse_idx
+from mnist_pipeline.data.idx import decompress, parse_idx
 
 try:
     from tqdm import tqdm

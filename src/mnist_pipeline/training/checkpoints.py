@@ -9,11 +9,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch import nn
 
 from mnist_pipeline.atomic import atomic_write_bytes
-from mnist_pipeline.model import Classifier
 
 RUN_ID_KEY = "mlflow_run_id"
 
@@ -41,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunIdInCheckpoint(pl.Callback):
     """Stores the MLflow run id in every checkpoint, so evaluation and resumes log into that run."""
 
-    def __init__(self, get_run_id: Callable[[], str]) -> None:
+    def __init__(self, get_run_id: Callable[[], str | None]) -> None:
         self.get_run_id = get_run_id  # asked at each save: the run may still be being created
 
     def on_save_checkpoint(
@@ -51,15 +51,21 @@ class RunIdInCheckpoint(pl.Callback):
 
 
 class CheckpointOnInterrupt(pl.Callback):
-    """Ctrl-C or SIGTERM during fit: save `last.ckpt` first, so the work so far can resume."""
+    """Ctrl-C, SIGTERM or a crash during fit: save `<dirpath>/<filename>.ckpt` first, to resume.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    Not Lightning's `OnExceptionCheckpoint`: with one in the callbacks, `fit(ckpt_path=None)`
+    silently becomes `fit(ckpt_path="last")`, which would resume from a `last.ckpt` that another
+    run left in the directory; it also deletes its file at teardown, and would overwrite it when
+    a test (which loads the best weights) fails.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.training:
+        if trainer.training:
             trainer.save_checkpoint(self.path)
 
 
@@ -71,12 +77,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(path: str | Path) -> tuple[Classifier, str | None]:
-    """The model saved in `path` (in eval mode) and the MLflow run that trained it, if any."""
+def load_network(path: str | Path) -> tuple[nn.Module, str | None]:
+    """The network saved in `path` (in eval mode) and the MLflow run that trained it, if any.
+
+    The network is rebuilt from the model config saved with it, so any network of the `model`
+    group loads, as long as its class is importable.
+    """
     checkpoint = read_checkpoint(path)
-    model = Classifier(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint.get(RUN_ID_KEY)
+    net = instantiate(checkpoint["hyper_parameters"]["parts"]["model"])
+    prefix = "net."
+    net.load_state_dict(
+        {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    )
+    return net.eval(), checkpoint.get(RUN_ID_KEY)
 
 
 def find_last(outputs: Path) -> Path:

@@ -31,11 +31,11 @@ def load_predictor(ckpt_path: str | Path | None = None, model_uri: str | None = 
 
 
 def _from_checkpoint(path: Path) -> Predictor:
-    from mnist_pipeline.checkpoints import load_checkpoint
-    from mnist_pipeline.model import Probabilities
+    from mnist_pipeline.networks import Probabilities
+    from mnist_pipeline.training.checkpoints import load_network
 
-    model, _ = load_checkpoint(path)
-    probabilities = Probabilities(model.net).eval()
+    net, _ = load_network(path)
+    probabilities = Probabilities(net).eval()
 
     @torch.inference_mode()
     def predict(pixels: torch.Tensor) -> torch.Tensor:
@@ -47,10 +47,10 @@ def _from_checkpoint(path: Path) -> Predictor:
 def _from_mlflow(model_uri: str) -> Predictor:
     import mlflow  # slow to import: only for this branch
 
-    from mnist_pipeline.tracking import tracking_uri
+    from mnist_pipeline.tracking.logger import resolve_tracking_uri
 
     # `runs:/` and `models:/` URIs are resolved against the project's tracking store.
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(resolve_tracking_uri())
     # A download progress bar would bury the answer; a user's explicit setting still wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:

@@ -16,10 +16,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_pipeline import PROJECT_ROOT, tracking
+from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_bytes, atomic_write_text
-from mnist_pipeline.evaluation import read_curve
-from mnist_pipeline.figures import activation_comparison_figure
+from mnist_pipeline.reporting.figures import activation_comparison_figure
+from mnist_pipeline.tracking.logger import PARENT_RUN_FILE, resolve_tracking_uri
+from mnist_pipeline.tracking.sweeps import mlflow_settings
+from mnist_pipeline.training.curve import read_curve
 
 log = logging.getLogger(__name__)
 NAME = "activation_comparison"
@@ -168,14 +170,16 @@ class ActivationComparison(Callback):
 
     @staticmethod
     def _log_to_parent_run(config: DictConfig, sweep_dir: Path, figure: Path) -> None:
-        marker = sweep_dir / tracking.PARENT_RUN_FILE
+        marker = sweep_dir / PARENT_RUN_FILE
+        settings = mlflow_settings(config)
         # A marker left by an earlier tracked sweep into the same directory is not this one's.
-        if str(config.logger.backend) == "none" or not marker.is_file():
+        if settings is None or not marker.is_file():
             return
-        uri = tracking.tracking_uri(config.logger.tracking_uri)
-        run = tracking.Run(tracking.client(uri), marker.read_text().strip(), uri)
-        run.log_artifact(figure)
-        run.log_artifact(figure.with_suffix(".md"))
+        from mlflow import MlflowClient
+
+        client, run_id = MlflowClient(resolve_tracking_uri(settings.get("tracking_uri"))), marker.read_text().strip()
+        client.log_artifact(run_id, str(figure))
+        client.log_artifact(run_id, str(figure.with_suffix(".md")))
         # The run's description in the MLflow UI: the table is readable there without a click.
-        run.set_tags({"mlflow.note.content": figure.with_suffix(".md").read_text()})
-        log.info("activation comparison logged into MLflow parent run %s", run.run_id)
+        client.set_tag(run_id, "mlflow.note.content", figure.with_suffix(".md").read_text())
+        log.info("activation comparison logged into MLflow parent run %s", run_id)

@@ -5,22 +5,20 @@ there) and every batch is a slice of a per-epoch permutation: no per-sample `__g
 collate, no worker processes. Pixels stay uint8 until the batch is on its device, where they
 become float32 in [0, 1], the input the model expects.
 
-Training batches reach Lightning in chunks (lists of consecutive batches, see `Chunks`): the
-model takes one optimizer step per batch, so the result is the same as batch by batch, but
-Lightning's per-batch machinery runs once per chunk.
+Training batches reach Lightning in chunks of consecutive batches (`training.chunks`).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from mnist_pipeline.download import fetch
-from mnist_pipeline.idx import load_images_and_labels
+from mnist_pipeline.data.download import fetch
+from mnist_pipeline.data.idx import load_images_and_labels
+from mnist_pipeline.training.chunks import Chunks
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -78,27 +76,6 @@ class TensorBatches:
         for start in range(0, len(labels), self.batch_size):
             end = start + self.batch_size
             yield images[start:end], labels[start:end]
-
-
-class Chunks:
-    """The batches of a `TensorBatches`, `size` consecutive ones per list.
-
-    Lightning spends about 0.5 ms of hooks and loop bookkeeping per batch, as long as a whole
-    optimizer step of this model on a CPU; once per chunk it is noise.
-    """
-
-    def __init__(self, batches: TensorBatches, size: int) -> None:
-        if size < 1:
-            raise ValueError(f"chunk size must be at least one batch, got {size}")
-        self.batches, self.size = batches, size
-
-    def __len__(self) -> int:
-        return -(-len(self.batches) // self.size)
-
-    def __iter__(self) -> Iterator[list[Batch]]:
-        batches = iter(self.batches)
-        while chunk := list(itertools.islice(batches, self.size)):
-            yield chunk
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -169,8 +146,10 @@ class MNISTDataModule(pl.LightningDataModule):
         return TensorBatches(*data, batch_size, shuffle, self.shuffle_seed, epoch, rank, world_size)
 
     def train_dataloader(self) -> Chunks:
+        # Overfitting (trainer.overfit_batches) means the same samples every epoch.
+        shuffle = not (self.trainer and self.trainer.overfit_batches)
         return Chunks(
-            self._batches(self.train, self.batch_size, shuffle=True), self.batches_per_chunk
+            self._batches(self.train, self.batch_size, shuffle=shuffle), self.batches_per_chunk
         )
 
     def val_dataloader(self) -> TensorBatches:

@@ -1,0 +1,100 @@
+"""The objects of a training, built from their config groups with `hydra.utils.instantiate`.
+
+A new network, logger or callback is a YAML file in its group (plus, for a network, the Python
+file of its class); nothing here names one. A `save_dir` or `dirpath` left null in a logger's
+or callback's config is this run's output directory (`checkpoints/` for a callback), which a
+config cannot name itself: `${hydra:...}` interpolations break DVC's composition.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import Callback
+from pytorch_lightning.loggers import Logger, MLFlowLogger
+from torch import nn
+
+from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline.config import RUN_DIR_KEYS, ConfigError, resolve_path
+from mnist_pipeline.data.datamodule import MNISTDataModule
+from mnist_pipeline.training.classifier import Classifier
+
+PARTS = ("model", "optimizer", "scheduler")
+
+
+def part_configs(cfg: DictConfig) -> dict[str, Any]:
+    """The model, optimizer and scheduler configs as plain data (None: no scheduler)."""
+    return {name: OmegaConf.to_container(cfg[name], resolve=True) or None for name in PARTS}
+
+
+def build_network(model: DictConfig | dict[str, Any]) -> nn.Module:
+    """The network of a `model` config."""
+    return instantiate(model)
+
+
+def build_classifier(cfg: DictConfig) -> Classifier:
+    """The LightningModule of `cfg.model`, `cfg.optimizer` and `cfg.scheduler`."""
+    parts = part_configs(cfg)
+    scheduler = instantiate(parts["scheduler"]) if parts["scheduler"] else None
+    return Classifier(
+        build_network(parts["model"]),
+        instantiate(parts["optimizer"]),
+        scheduler,
+        parts=parts,
+        log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
+    )
+
+
+def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
+    """The data module of `cfg.data`, relative paths taken from the repository root."""
+    data = cfg.data
+    return MNISTDataModule(
+        dir=resolve_path(PROJECT_ROOT, data.dir),
+        files=data.files,
+        mirrors=data.mirrors,
+        local_mirror=resolve_path(PROJECT_ROOT, data.local_mirror) if data.local_mirror else None,
+        val_size=data.val_size,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        chunk_size=data.chunk_size,
+        split_seed=data.split_seed,
+        shuffle_seed=cfg.seed,
+        timeout=data.timeout,
+    )
+
+
+def _run_dirs(part: DictConfig, out: Path) -> dict[str, str]:
+    places = {"save_dir": out, "dirpath": out / "checkpoints"}
+    return {key: str(places[key]) for key in RUN_DIR_KEYS if key in part and part[key] is None}
+
+
+def build_callbacks(cfg: DictConfig, out: Path) -> list[Callback]:
+    """The callbacks of `cfg.callbacks` (a callback switched off with `callbacks.x=null` skipped)."""
+    parts = (cfg.callbacks or {}).values()
+    return [instantiate(part, **_run_dirs(part, out)) for part in parts if part is not None]
+
+
+def build_loggers(cfg: DictConfig, out: Path, mlflow_run_id: str | None = None) -> list[Logger]:
+    """The loggers of `cfg.logger`; an MLflow logger continues `mlflow_run_id` when given.
+
+    MLflow loggers are built last: building one starts its run, and a logger that cannot be
+    built (a missing package) must fail the command before any run is opened.
+    """
+    parts = [(name, part) for name, part in (cfg.logger or {}).items() if part is not None]
+    parts.sort(key=lambda item: issubclass(get_class(item[1]._target_), MLFlowLogger))
+    loggers = []
+    for name, part in parts:
+        extra = _run_dirs(part, out)
+        if mlflow_run_id and issubclass(get_class(part._target_), MLFlowLogger):
+            extra["run_id"] = mlflow_run_id
+        try:
+            loggers.append(instantiate(part, **extra))
+        except Exception as error:
+            cause = error.__cause__ or error  # Hydra wraps the class's error in its own
+            if isinstance(cause, ImportError):
+                raise ConfigError(f"logger.{name}: {cause}") from error
+            raise cause from None
+    return loggers

@@ -1,0 +1,161 @@
+"""A network scored on the 10k test images: metrics.json, confusion rows and figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.functional.classification import (
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+from mnist_pipeline.atomic import atomic_write_text
+from mnist_pipeline.networks import IMAGE_SIZE, NUM_CLASSES, Probabilities
+from mnist_pipeline.reporting import figures
+from mnist_pipeline.training.curve import read_curve
+
+log = logging.getLogger(__name__)
+WALKTHROUGH_DIGITS = 5
+
+
+@torch.inference_mode()
+def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Softmax probabilities (N, 10) of `net` (in eval mode) for uint8 images (N, 28, 28)."""
+    model = Probabilities(net).eval()
+    return torch.cat([model(chunk.float() / 255.0) for chunk in images.split(batch_size)])
+
+
+def score(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Accuracy, loss and per-class precision/recall/F1 (torchmetrics) of the predictions."""
+    predicted = probabilities.argmax(dim=-1)
+    log_likelihood = probabilities.gather(1, labels[:, None]).clamp_min(1e-12).log()
+    per_class = {
+        name: fn(probabilities, labels, NUM_CLASSES, average=None)
+        for name, fn in (
+            ("precision", multiclass_precision),
+            ("recall", multiclass_recall),
+            ("f1", multiclass_f1_score),
+        )
+    }
+    return {
+        "accuracy": round(float((predicted == labels).float().mean()), 6),
+        "loss": round(float(-log_likelihood.mean()), 6),
+        "samples": len(labels),
+        "per_class": {
+            str(digit): {name: round(float(values[digit]), 6) for name, values in per_class.items()}
+            for digit in range(NUM_CLASSES)
+        },
+    }
+
+
+def first_dense_layer(net: nn.Module) -> tuple[nn.Linear, nn.Module | None] | None:
+    """The first `Linear` over the 784 pixels and the activation module right after it, if any.
+
+    The weights and hidden-activation figures need such a layer: the MLP has one, a CNN not.
+    """
+    modules = list(net.modules())
+    for index, module in enumerate(modules):
+        if isinstance(module, nn.Linear) and module.in_features == IMAGE_SIZE * IMAGE_SIZE:
+            after = modules[index + 1] if index + 1 < len(modules) else None
+            is_activation = after is not None and type(after).__module__ == nn.ReLU.__module__
+            return module, after if is_activation else None
+    return None
+
+
+def write_report(
+    net: nn.Module, images: torch.Tensor, labels: torch.Tensor, reports: Path
+) -> tuple[dict[str, Any], list[Path]]:
+    """Score `net` and write metrics.json, confusion.json and the figures under `reports`.
+
+    Returns the metrics and the written figure paths.
+    """
+    net = net.eval()
+    probabilities = predict(net, images)
+    metrics = score(probabilities, labels)
+    predicted = probabilities.argmax(dim=-1)
+    atomic_write_text(reports / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    # DVC's confusion template reads one {actual, predicted} row per test image.
+    rows = [{"actual": int(a), "predicted": int(p)} for a, p in zip(labels, predicted, strict=True)]
+    atomic_write_text(reports / "confusion.json", json.dumps(rows) + "\n")
+
+    pictures = reports / "figures"
+    written = [pictures / "confusion_matrix.png", pictures / "misclassified.png"]
+    wrong = (predicted != labels).nonzero().flatten()
+    matrix = multiclass_confusion_matrix(predicted, labels, NUM_CLASSES)
+    figures.confusion_matrix_figure(matrix, written[0])
+    figures.misclassified_figure(
+        images[wrong] / 255.0, labels[wrong], probabilities[wrong], written[1]
+    )
+    dense = first_dense_layer(net)
+    if dense is None:
+        log.info(
+            "%s has no dense layer over the 784 pixels: no first-layer weights or hidden "
+            "activations figures",
+            type(net).__name__,
+        )
+    else:
+        layer, activation = dense
+        written.append(pictures / "first_layer_weights.png")
+        figures.first_layer_weights_figure(layer.weight, written[-1])
+        sample = _one_per_class(labels, WALKTHROUGH_DIGITS)
+        pixels = images[sample] / 255.0
+        hidden, logits = _hidden_and_logits(net, activation or layer, pixels)
+        written.append(pictures / "digit_walkthrough.png")
+        figures.digit_walkthrough_figure(
+            pixels, hidden, logits, logits.softmax(dim=-1), labels[sample], written[-1]
+        )
+    curve = read_curve(reports / "training_curve.csv")
+    if curve:
+        written.append(pictures / "training_curves.png")
+        figures.training_curves_figure(curve, written[-1])
+    log.info(
+        "test accuracy %.4f, loss %.4f on %d images; reports in %s",
+        metrics["accuracy"],
+        metrics["loss"],
+        metrics["samples"],
+        reports,
+    )
+    return metrics, written
+
+
+def _one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the first test image of each of the first `count` digits."""
+    return torch.stack([(labels == digit).nonzero()[0, 0] for digit in range(count)])
+
+
+@torch.inference_mode()
+def _hidden_and_logits(
+    net: nn.Module, hidden_layer: nn.Module, pixels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`hidden_layer`'s output (caught by a forward hook) and the logits for `pixels`."""
+    caught: list[torch.Tensor] = []
+    hook = hidden_layer.register_forward_hook(lambda module, args, output: caught.append(output))
+    try:
+        logits = net(pixels)
+    finally:
+        hook.remove()
+    return caught[0], logits
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    """metrics.json as flat MLflow metric names: eval/accuracy, eval/f1_3, ..."""
+    flat = {f"{prefix}accuracy": metrics["accuracy"], f"{prefix}loss": metrics["loss"]}
+    for digit, values in metrics["per_class"].items():
+        flat.update({f"{prefix}{name}_{digit}": value for name, value in values.items()})
+    return flat
+
+
+def log_report(logger: Any, metrics: dict[str, Any], reports: Path, written: list[Path]) -> None:
+    """Metrics, metrics.json and figures of a report into an MLflow run (`MLflowLogger`)."""
+    logger.log_metrics(flat_metrics(metrics), step=0)
+    logger.flush()
+    logger.log_artifact(reports / "metrics.json", "reports")
+    for path in written:
+        logger.log_artifact(path, "reports/figures")

@@ -1,0 +1,207 @@
+"""The train stage: config in; checkpoints, curve, metrics, report and an MLflow run out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline.atomic import atomic_write_text
+from mnist_pipeline.config import ConfigError, resolve_path, validate
+from mnist_pipeline.parts import (
+    build_callbacks,
+    build_classifier,
+    build_datamodule,
+    build_loggers,
+    part_configs,
+)
+from mnist_pipeline.reporting.evaluation import log_report, write_report
+from mnist_pipeline.training.checkpoints import (
+    RUN_ID_KEY,
+    AtomicCheckpointIO,
+    RunIdInCheckpoint,
+    find_last,
+    read_checkpoint,
+)
+from mnist_pipeline.training.classifier import Classifier
+from mnist_pipeline.training.curve import TrainingCurve
+from mnist_pipeline.tracking.logger import MLflowLogger
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """`paths.output_dir`, or the Hydra run directory, or (outside Hydra) the working directory."""
+    if cfg.paths.output_dir:
+        return resolve_path(PROJECT_ROOT, cfg.paths.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit on train/val, test the best checkpoint, report; returns the best validation accuracy."""
+    cfg = validate(cfg)
+    resume = resume_from(cfg.ckpt_path)
+    # A resumed training goes on where it was: same output directory, same MLflow run.
+    out = resume.parent.parent if resume and not cfg.paths.output_dir else output_dir(cfg)
+    run_id = None
+    if resume:
+        saved = read_checkpoint(resume)
+        check_resumable(saved["hyper_parameters"]["parts"], cfg, resume)
+        run_id = saved.get(RUN_ID_KEY)
+    # MLflow's run is created in the background from here on (see MLflowLogger).
+    # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
+    loggers = [] if cfg.trainer.get("fast_dev_run") else build_loggers(cfg, out, run_id)
+    mlflow = next((lg for lg in loggers if isinstance(lg, MLflowLogger)), None)
+    try:
+        with ending_run(mlflow):
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+            model = build_classifier(cfg)
+            log.info("model: %s; output: %s", describe(model.net), out)
+            return _fit_test_report(cfg, model, out, resume, loggers, mlflow)
+    except SIGTERMException as stop:
+        # Lightning stops on SIGTERM with a bare SystemExit, i.e. exit status 0: say "killed".
+        raise SystemExit(128 + signal.SIGTERM) from stop
+
+
+def _fit_test_report(
+    cfg: DictConfig,
+    model: Classifier,
+    out: Path,
+    resume: Path | None,
+    loggers: list[Any],
+    mlflow: MLflowLogger | None,
+) -> float:
+    datamodule = build_datamodule(cfg)
+    callbacks = build_callbacks(cfg, out)
+    if mlflow is not None:
+        callbacks.append(RunIdInCheckpoint(lambda: mlflow.run_id))
+    reports = out / "reports"
+    curve = TrainingCurve(reports / "training_curve.csv", resumed=resume is not None)
+    trainer = pl.Trainer(
+        **{
+            **cfg.trainer,
+            # The model logs the loss every `log_every_n_steps` optimizer steps itself; to
+            # Lightning a step is a chunk of batches, and it has nothing to log per step.
+            "log_every_n_steps": 1,
+        },
+        callbacks=callbacks,
+        # The curve last: once it shows an epoch, the other loggers have it too.
+        logger=[*loggers, curve],
+        default_root_dir=out,
+        plugins=[AtomicCheckpointIO()],
+    )
+    for logger in loggers:
+        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    if mlflow is not None:
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    checkpoint = next(
+        (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor),
+        None,
+    )
+    best = (checkpoint.best_model_path or None) if checkpoint else None
+    best_score = checkpoint.best_model_score if checkpoint else None
+    if best_score is None:  # no checkpointing (e.g. debug=fdr): the last validation
+        best_score = trainer.callback_metrics.get("val/acc", float("nan"))
+    # Loads the best weights into `model`: the report and the logged model are the best.
+    (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
+    summary = {
+        "best_val_acc": float(best_score),
+        "test_acc": test["test/acc"],
+        "test_loss": test["test/loss"],
+        "epochs": trainer.current_epoch,
+    }
+    if not trainer.is_global_zero:
+        return summary["best_val_acc"]
+    atomic_write_text(reports / "train_metrics.json", json.dumps(summary, indent=2) + "\n")
+    images, labels = (tensor.cpu() for tensor in datamodule.test)
+    net = model.net.cpu().eval()
+    written: list[Path] = []
+    if cfg.report:
+        metrics, written = write_report(net, images, labels, reports)
+    if mlflow is not None:
+        if best:
+            mlflow.log_artifact(Path(best), "checkpoints")
+        mlflow.log_artifact(reports / "training_curve.csv", "reports")
+        if cfg.report:
+            log_report(mlflow, metrics, reports, written)
+        if mlflow.log_pyfunc:
+            mlflow.log_pyfunc_model(net, images[:5].float() / 255.0)
+    return summary["best_val_acc"]
+
+
+@contextmanager
+def ending_run(mlflow: MLflowLogger | None) -> Iterator[None]:
+    """The MLflow run ends FINISHED, FAILED on an exception, KILLED on Ctrl-C / SIGTERM."""
+    if mlflow is None:
+        yield
+        return
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, SIGTERMException):
+        mlflow.end("KILLED")
+        raise
+    except BaseException:
+        mlflow.end("FAILED")
+        raise
+    mlflow.end("FINISHED")
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"model.hidden": 128, ...}, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_resumable(saved: Mapping[str, Any], cfg: DictConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint into a differently configured model (it would load)."""
+    configured = flatten(part_configs(cfg))
+    before = flatten(saved)
+    differences = [
+        f"{key}: checkpoint {before.get(key)}, config {configured.get(key)}"
+        for key in sorted(set(before) | set(configured))
+        if before.get(key) != configured.get(key)
+    ]
+    if differences:
+        raise ConfigError(
+            f"ckpt_path={path} was trained with other model/optimizer/scheduler settings "
+            f"({'; '.join(differences)}); resume with the settings it was trained with"
+        )
+
+
+def resume_from(ckpt_path: str | None) -> Path | None:
+    """The checkpoint to resume: None, `last` (the newest under outputs/), or a path."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        return find_last(Path("outputs"))
+    path = resolve_path(PROJECT_ROOT, ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint ({path})")
+    return path
+
+
+def describe(net: Any) -> str:
+    """E.g. "MLP, 101,770 parameters"."""
+    return f"{type(net).__name__}, {sum(p.numel() for p in net.parameters()):,} parameters"

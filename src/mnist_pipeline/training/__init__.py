@@ -1,0 +1,1 @@
+"""Training machinery shared by every network: the LightningModule, checkpoints, the curve."""
