@@ -191,6 +191,27 @@ def mlflow_runs(store: str | Path):
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+def _tiny_setup(
+    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The tiny data set served by MNIST_MIRROR, an MLflow store in `tmp_path`, and the
+    overrides of a short quiet CPU training on them."""
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return [
+        f"data.dir={tmp_path / 'data' / 'mnist'}",
+        "data.local_mirror=null",
+        "data.mirrors=[]",
+        "data.val_size=100",
+        "data.batch_size=50",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *(f"data.files.{name}={digest}" for name, digest in sha256s.items()),
+    ]
+
+
 @pytest.fixture
 def tiny_run(
     tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
@@ -201,21 +222,10 @@ def tiny_run(
     Runs a real `python <script>` on the tiny data set (served by MNIST_MIRROR), with
     every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`.
     """
-    source, sha256s = tiny_mnist
-    monkeypatch.setenv("MNIST_MIRROR", str(source))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     base = [
-        f"data.dir={tmp_path / 'data' / 'mnist'}",
-        "data.local_mirror=null",
-        "data.mirrors=[]",
-        "data.val_size=100",
-        "data.batch_size=50",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
+        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch),
         f"hydra.run.dir={tmp_path / 'run'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        *(f"data.files.{name}={digest}" for name, digest in sha256s.items()),
     ]
 
     def command(*overrides: str, cwd: Path = REPO, script: str = "src/train.py") -> list[str]:
@@ -251,22 +261,7 @@ def train_tiny(
 
     from mnist_pipeline.stages.train import train
 
-    source, sha256s = tiny_mnist
-    monkeypatch.setenv("MNIST_MIRROR", str(source))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    base = [
-        f"data.dir={tmp_path / 'data' / 'mnist'}",
-        "data.local_mirror=null",
-        "data.mirrors=[]",
-        "data.val_size=100",
-        "data.batch_size=50",
-        "trainer.max_epochs=2",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        f"paths.output_dir={tmp_path / 'run'}",
-        *(f"data.files.{name}={digest}" for name, digest in sha256s.items()),
-    ]
+    base = [*_tiny_setup(tmp_path, tiny_mnist, monkeypatch), f"paths.output_dir={tmp_path / 'run'}"]
 
     def run(*overrides: str) -> float:
         with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):

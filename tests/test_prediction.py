@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-import subprocess
+import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -43,18 +44,26 @@ def digit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _predict(*overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "src/predict.py", *overrides],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture
+def _predict(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """Factory: `_predict(*overrides)`: `src/predict.py` run as `python src/predict.py ...` would
+    (as `__main__`, Hydra's main, argv and all), in this process; its exit status and output."""
+    monkeypatch.chdir(PROJECT_ROOT)
+
+    def run(*overrides: str) -> SimpleNamespace:
+        monkeypatch.setattr(sys, "argv", ["src/predict.py", *overrides])
+        try:
+            runpy.run_path("src/predict.py", run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        output = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=output.out, stderr=output.err)
+
+    return run
 
 
-@pytest.mark.slow
-def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path) -> None:
+def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path, _predict) -> None:
     result = _predict(f"ckpt_path={checkpoint}", f"image={digit}")
     assert result.returncode == 0, result.stderr
     lines = PROBABILITY_LINE.findall(result.stdout)
@@ -68,8 +77,9 @@ def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path) -
     assert not (PROJECT_ROOT / "predict.log").exists()
 
 
-@pytest.mark.slow
-def test_predict_rejects_a_file_that_is_not_an_image(checkpoint: Path, tmp_path: Path) -> None:
+def test_predict_rejects_a_file_that_is_not_an_image(
+    checkpoint: Path, tmp_path: Path, _predict
+) -> None:
     notes = tmp_path / "notes.png"
     notes.write_text("not a picture")
     result = _predict(f"ckpt_path={checkpoint}", f"image={notes}")

@@ -1,4 +1,4 @@
-"""Sweeps: Optuna search, and parallel jobs sharing one sqlite store."""
+"""Sweeps: Optuna search, and parallel grid jobs under one parent run in one sqlite store."""
 
 import pytest
 import yaml
@@ -28,8 +28,12 @@ def test_parallel_jobs_share_the_sqlite_store_without_losing_anything(tiny_run, 
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.hidden=8,16,24,32", *QUICK
     )
     client, runs = mlflow_runs(tmp_path)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) == 5 and len(children) == 4
+    assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert sorted(int(r.data.params["model.hidden"]) for r in children) == [8, 16, 24, 32]
+    assert "model.hidden=8,16,24,32" in parent.data.tags["sweep.overrides"]
     assert all(r.info.status == "FINISHED" for r in runs)
     for run in children:
         for key in ("train/loss", "val/acc", "test/acc"):

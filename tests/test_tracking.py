@@ -89,21 +89,6 @@ def test_failing_run_ends_failed(train_tiny, tmp_path):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-@pytest.mark.slow
-def test_multirun_groups_jobs_under_a_parent(tiny_run, tmp_path):
-    tiny_run(
-        "-m", "model.hidden=8,16", "trainer.max_epochs=1", "report=false", "logger.mlflow.log_model=false"
-    )
-    _, runs = mlflow_runs(tmp_path)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert sorted(r.data.params["model.hidden"] for r in children) == ["16", "8"]
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert "model.hidden=8,16" in parents[0].data.tags["sweep.overrides"]
-
-
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 from torch import nn
 
@@ -72,9 +73,19 @@ def _run_dirs(part: DictConfig, out: Path) -> dict[str, str]:
 
 
 def build_callbacks(cfg: DictConfig, out: Path) -> list[Callback]:
-    """The callbacks of `cfg.callbacks` (a callback switched off with `callbacks.x=null` skipped)."""
-    parts = (cfg.callbacks or {}).values()
-    return [instantiate(part, **_run_dirs(part, out)) for part in parts if part is not None]
+    """The callbacks of `cfg.callbacks` (one switched off with `callbacks.x=null` skipped).
+
+    A progress bar is left out when the trainer is told to show none
+    (`trainer.enable_progress_bar=false`): Lightning refuses one then.
+    """
+    bar = cfg.trainer.get("enable_progress_bar", True)
+    callbacks = []
+    for part in (cfg.callbacks or {}).values():
+        if part is not None:
+            callback = instantiate(part, **_run_dirs(part, out))
+            if bar or not isinstance(callback, ProgressBar):
+                callbacks.append(callback)
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig, out: Path, mlflow_run_id: str | None = None) -> list[Logger]:

@@ -176,6 +176,7 @@ class MLflowLogger(MLFlowLogger):
         self._resumed = run_id is not None
         # What Lightning may read before the background creation has run the parent's __init__.
         self._tracking_uri, self._run_id, self._experiment_id = self.uri, run_id, None
+        self._experiment_name = experiment_name
         self._prefix, self._log_model, self._checkpoint_callback = "", False, None
         if rank_zero_only.rank != 0:  # other DDP ranks log nothing: Lightning's dummy experiment
             super().__init__(experiment_name, tracking_uri=self.uri, run_id=run_id)
@@ -223,6 +224,14 @@ class MLflowLogger(MLFlowLogger):
         if self._created is not None:
             self._created.result()
         return self._run_id
+
+    @property
+    def name(self) -> str:
+        return self._experiment_name  # Lightning's asks the store (for the experiment id)
+
+    @property
+    def version(self) -> str | None:
+        return self._run_id  # Lightning's waits for the run: the progress bar asks at once
 
     def _then(self, task: Callable[[MlflowClient], None]) -> None:
         """Run `task(client)` in the background once the run exists, before any later use."""
