@@ -19,10 +19,51 @@ from mnist_pipeline.tracking.logger import TrackingError
 from mnist_pipeline.training.checkpoints import load_network
 
 
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path, monkeypatch):
+    """A real `mlflow server` on loopback with its own sqlite store and artifact folder; its URI
+    is $MLFLOW_TRACKING_URI for the test."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "server-artifacts"),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                assert time.monotonic() < deadline, "mlflow server did not answer /health"
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
-def test_training_run_is_fully_tracked(tiny_run, tmp_path):
+def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_server, tmp_path):
     tiny_run("model.hidden=24", "model.activation=sigmoid", "trainer.log_every_n_steps=4")
-    client, runs = mlflow_runs(tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()  # all of it went to the server
+    client, runs = mlflow_runs(tracking_server)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -65,7 +106,7 @@ def test_training_run_is_fully_tracked(tiny_run, tmp_path):
     # The logged model takes raw pixels and answers probabilities that match the checkpoint's.
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(tracking_server)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     images, _ = load_images_and_labels(
         tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte",
@@ -87,58 +128,6 @@ def test_failing_run_ends_failed(train_tiny, tmp_path):
         train_tiny("data.files.t10k-labels-idx1-ubyte=" + "0" * 64)
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_training_against_a_tracking_server(tiny_run, tmp_path, monkeypatch):
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server did not answer /health"
-                time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        tiny_run("trainer.max_epochs=1", "report=false")
-        _, runs = mlflow_runs(uri)
-        assert [r.info.status for r in runs] == ["FINISHED"]
-        assert "val/acc" in runs[0].data.metrics
-        assert not (tmp_path / "mlflow.db").exists()
-    finally:
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_unreachable_server_fails_fast(train_tiny, tmp_path, monkeypatch):

@@ -2,12 +2,14 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO
 
+from mnist_pipeline.config import ConfigError
 from mnist_pipeline.training.checkpoints import load_network
 from mnist_pipeline.training.curve import read_curve
 
@@ -58,6 +60,20 @@ def test_csv_and_tensorboard_loggers_with_a_callback_from_yaml(train_tiny, tmp_p
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[0]  # cosine, logged per epoch
     assert "model.hidden: 128" in (run_dir / "csv" / "version_0" / "hparams.yaml").read_text()
     assert list((run_dir / "tensorboard").glob("version_0/events.out.tfevents.*"))
+
+
+def test_missing_logger_package_is_one_line_before_any_run(train_tiny, tmp_path, monkeypatch):
+    # tensorboard is installed here, so its absence is simulated where Lightning checks for it.
+    import lightning_fabric.loggers.tensorboard as fabric_tensorboard
+
+    monkeypatch.setattr(fabric_tensorboard, "_TENSORBOARD_AVAILABLE", False)
+    monkeypatch.setattr(fabric_tensorboard, "_TENSORBOARDX_AVAILABLE", False)
+    with pytest.raises(ConfigError) as error:
+        train_tiny("logger=[mlflow,tensorboard]")
+    message = str(error.value)
+    assert message.startswith("logger.tensorboard: Neither `tensorboard` nor `tensorboardX`")
+    assert "pip install -e '.[tensorboard]'" in message and "\n" not in message
+    assert not (tmp_path / "mlflow.db").exists()  # MLflow's run was not even started
 
 
 def test_debug_fast_dev_run(train_tiny, tmp_path):
@@ -116,13 +132,12 @@ def test_a_users_network_is_one_python_and_one_yaml_file(tiny_run, tmp_path):
     conf.mkdir(parents=True)
     (code / "user_net.py").write_text(USER_NETWORK)
     (conf / "tiny.yaml").write_text("_target_: user_net.Tiny\nwidth: 24\n")
-    env = {"PYTHONPATH": str(code)}
     command = tiny_run.command(
         "model=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "trainer.max_epochs=1"
     )
     result = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, **env},
+        env={**os.environ, "PYTHONPATH": str(code)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # Another process, without the user's code on its path: the MLflow model brought it along.

@@ -105,7 +105,11 @@ def build_loggers(cfg: DictConfig, out: Path, mlflow_run_id: str | None = None) 
             loggers.append(instantiate(part, **extra))
         except Exception as error:
             cause = error.__cause__ or error  # Hydra wraps the class's error in its own
-            if isinstance(cause, ImportError):
-                raise ConfigError(f"logger.{name}: {cause}") from error
+            if isinstance(cause, ImportError):  # an optional package, e.g. tensorboard
+                reason = str(cause).strip().splitlines()[0]
+                raise ConfigError(
+                    f"logger.{name}: {reason} (pip install -e '.[{name}]' for this project's "
+                    "extra)"
+                ) from error
             raise cause from None
     return loggers

@@ -275,13 +275,15 @@ class MLflowLogger(MLFlowLogger):
 
     def flush(self) -> None:
         """Write the metrics waiting in memory, in batches of MLflow's limit of 1000."""
-        from mlflow.entities import Metric
-
         if not self._pending:
             return
+        client = self._created.result()
+        # Only now: importing mlflow here while the creation thread imports it can fail.
+        from mlflow.entities import Metric
+
         items = [Metric(key, value, ms, step) for key, value, ms, step in self._pending]
         for start in range(0, len(items), 1000):
-            self.experiment.log_batch(self.run_id, metrics=items[start : start + 1000])
+            client.log_batch(self._run_id, metrics=items[start : start + 1000])
         self._pending = []
 
     @rank_zero_only
@@ -313,9 +315,13 @@ class MLflowLogger(MLFlowLogger):
     def log_pyfunc_model(self, net: nn.Module, example: Any) -> None:
         """An MLflow model: pixels (N, 28, 28) float32 in [0, 1] -> probabilities (N, 10).
 
+        Waits for the run first: mlflow must not be imported here while the creation thread
+        imports it.
+
         The network's own source file travels with it when it lives outside this package (a
         user's network in `src/`), so the model loads wherever MLflow loads it.
         """
+        run_id = self.run_id
         import mlflow
         import torch
         from mlflow.models import infer_signature
@@ -333,7 +339,7 @@ class MLflowLogger(MLFlowLogger):
             "numpy",
         ]
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with mlflow.start_run(run_id=run_id):
             mlflow.pytorch.log_model(
                 model,
                 name="model",
