@@ -91,6 +91,11 @@ def test_every_problem_is_one_line():
     assert [line.split("=")[0] for line in lines] == ["data.batch_size", "model.hidden", "optimizer.lr"]
 
 
+def test_options_override_the_top_level_keys():
+    # debug=fdr turns the report off: the options come after config.yaml's own keys.
+    assert composed().report is True and composed("debug=fdr").report is False
+
+
 def test_misspelt_key_or_option_is_refused_by_hydra():
     with pytest.raises(HydraException, match="hiden"):
         composed("model.hiden=3")
