@@ -17,7 +17,9 @@ from mnist_pipeline.stages import user_errors_exit_2
 def main(cfg: DictConfig) -> None:
     data = validate(cfg).data
     local = [str(resolve_path(PROJECT_ROOT, data.local_mirror))] if data.local_mirror else []
-    fetch(resolve_path(PROJECT_ROOT, data.dir), data.files, local + list(data.mirrors), data.timeout)
+    fetch(
+        resolve_path(PROJECT_ROOT, data.dir), data.files, local + list(data.mirrors), data.timeout
+    )
 
 
 if __name__ == "__main__":

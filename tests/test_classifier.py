@@ -38,9 +38,7 @@ def _fit(
 ) -> tuple[Classifier, pl.Trainer, list]:
     """Two epochs on 500 tiny training samples in batches of 32: 16 optimizer steps each."""
     pl.seed_everything(0, verbose=False)
-    model = Classifier(
-        net or MLP(hidden=16), ADAM, **{"log_every_n_steps": 3, **options}
-    )
+    model = Classifier(net or MLP(hidden=16), ADAM, **{"log_every_n_steps": 3, **options})
     datamodule = MNISTDataModule(
         tmp_path / "mnist", sha256s, val_size=100, batch_size=32, chunk_size=chunk_size
     )

@@ -60,7 +60,10 @@ def test_good_overrides_validate(overrides):
         (["+model.hiden=3"], "model.hiden: not an argument of mnist_pipeline.networks.mlp.MLP"),
         (["model=cnn", "model.channels=[8]"], "model.channels=[8]: expected two"),
         (["model._target_=nowhere.Net"], "model._target_=nowhere.Net: cannot import it"),
-        (["model._target_=torch.optim.Adam"], "model._target_=torch.optim.Adam: expected a torch.nn.Module"),
+        (
+            ["model._target_=torch.optim.Adam"],
+            "model._target_=torch.optim.Adam: expected a torch.nn.Module",
+        ),
         (["optimizer.lr=0"], "optimizer.lr=0: expected a positive learning rate"),
         (["optimizer.lr=-1"], "optimizer.lr=-1: expected a positive learning rate"),
         (["+optimizer.momentum=0.9"], "optimizer.momentum: not an argument of torch.optim.Adam"),
@@ -88,7 +91,11 @@ def test_every_problem_is_one_line():
     with pytest.raises(ConfigError) as error:
         validate(composed("model.hidden=0", "optimizer.lr=-1", "data.batch_size=0"))
     lines = str(error.value).splitlines()
-    assert [line.split("=")[0] for line in lines] == ["data.batch_size", "model.hidden", "optimizer.lr"]
+    assert [line.split("=")[0] for line in lines] == [
+        "data.batch_size",
+        "model.hidden",
+        "optimizer.lr",
+    ]
 
 
 def test_options_override_the_top_level_keys():

@@ -25,7 +25,15 @@ def test_deeper_network_from_a_list_of_widths():
     )
     names = [type(m).__name__ for m in net.layers]
     assert names == [
-        "Normalize", "Flatten", "Linear", "Tanh", "Dropout", "Linear", "Tanh", "Dropout", "Linear"
+        "Normalize",
+        "Flatten",
+        "Linear",
+        "Tanh",
+        "Dropout",
+        "Linear",
+        "Tanh",
+        "Dropout",
+        "Linear",
     ]
 
 

@@ -38,7 +38,13 @@ def test_train_end_to_end_without_tracking(train_tiny, tmp_path):
 
 def test_cnn_trains_and_skips_the_figures_it_has_no_layer_for(train_tiny, tmp_path, caplog):
     caplog.set_level("INFO")
-    train_tiny("logger=none", "model=cnn", "model.channels=[8,8]", "optimizer.lr=0.005", "trainer.max_epochs=3")
+    train_tiny(
+        "logger=none",
+        "model=cnn",
+        "model.channels=[8,8]",
+        "optimizer.lr=0.005",
+        "trainer.max_epochs=3",
+    )
     reports = tmp_path / "run" / "reports"
     summary = json.loads((reports / "train_metrics.json").read_text())
     assert summary["test_acc"] > 0.8
@@ -85,7 +91,13 @@ def test_debug_fast_dev_run(train_tiny, tmp_path):
 
 def test_debug_overfit_learns_one_chunk_by_heart(train_tiny, tmp_path):
     # The base overrides set max_epochs=2, and the command line wins over debug=: set it back.
-    train_tiny("debug=overfit", "trainer.max_epochs=20", "logger=none", "report=false", "data.chunk_size=100")
+    train_tiny(
+        "debug=overfit",
+        "trainer.max_epochs=20",
+        "logger=none",
+        "report=false",
+        "data.chunk_size=100",
+    )
     curve = read_curve(tmp_path / "run" / "reports" / "training_curve.csv")
     assert len(curve) == 20 and curve[-1]["train_acc"] == 1.0
 
@@ -118,7 +130,9 @@ class Tiny(nn.Module):
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.Tanh(), nn.Linear(width, 10))
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, width), nn.Tanh(), nn.Linear(width, 10)
+        )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.body(pixels - 0.13)
@@ -136,7 +150,11 @@ def test_a_users_network_is_one_python_and_one_yaml_file(tiny_run, tmp_path):
         "model=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "trainer.max_epochs=1"
     )
     result = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=300,
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(code)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -145,7 +163,7 @@ def test_a_users_network_is_one_python_and_one_yaml_file(tiny_run, tmp_path):
 import mlflow, numpy as np, sys
 from mlflow import MlflowClient
 from mnist_pipeline.data.idx import load_images_and_labels
-uri = "sqlite:///{tmp_path / 'mlflow.db'}"
+uri = "sqlite:///{tmp_path / "mlflow.db"}"
 (run,) = MlflowClient(uri).search_runs(["1"])
 assert run.info.run_name == "tiny", run.info.run_name
 mlflow.set_tracking_uri(uri)

@@ -132,7 +132,9 @@ def _part_problems(cfg: DictConfig) -> list[str]:
     optimizer: list[torch.optim.Optimizer] = []
     if not optimizer_problems:
         parameter = torch.nn.Parameter(torch.zeros(1))
-        problems += _built(lambda: optimizer.append(instantiate(cfg.optimizer)([parameter])), "optimizer")
+        problems += _built(
+            lambda: optimizer.append(instantiate(cfg.optimizer)([parameter])), "optimizer"
+        )
     if cfg.scheduler:  # scheduler=none: {}
         scheduler_problems = _target_problems(cfg.scheduler, "scheduler", skip=1)
         problems += scheduler_problems
@@ -147,7 +149,9 @@ def _part_problems(cfg: DictConfig) -> list[str]:
             problems += part_problems
             if group == "callbacks" and not part_problems:
                 filled = {k: "." for k in RUN_DIR_KEYS if k in part and part[k] is None}
-                problems += _built(lambda part=part, filled=filled: instantiate(part, **filled), key)
+                problems += _built(
+                    lambda part=part, filled=filled: instantiate(part, **filled), key
+                )
     return problems
 
 
@@ -158,7 +162,9 @@ def _target_problems(part: Any, key: str, skip: int = 0, nn_module: bool = False
     optimizer), which the config must not set.
     """
     if not OmegaConf.is_dict(part) or not part.get("_target_"):
-        return [f"{key}: expected a config with _target_ (the dotted path of a class), got {part!r}"]
+        return [
+            f"{key}: expected a config with _target_ (the dotted path of a class), got {part!r}"
+        ]
     target = part["_target_"]
     try:
         factory = get_object(target)

@@ -108,8 +108,7 @@ def build_loggers(cfg: DictConfig, out: Path, mlflow_run_id: str | None = None) 
             if isinstance(cause, ImportError):  # an optional package, e.g. tensorboard
                 reason = str(cause).strip().splitlines()[0]
                 raise ConfigError(
-                    f"logger.{name}: {reason} (pip install -e '.[{name}]' for this project's "
-                    "extra)"
+                    f"logger.{name}: {reason} (pip install -e '.[{name}]' for this project's extra)"
                 ) from error
             raise cause from None
     return loggers

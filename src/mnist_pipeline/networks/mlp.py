@@ -32,8 +32,9 @@ class MLP(nn.Module):
             isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
         ):
             raise ArgumentError(
-                "hidden", hidden, "expected a positive integer or a non-empty list of them "
-                "(e.g. 128 or [256,128])"
+                "hidden",
+                hidden,
+                "expected a positive integer or a non-empty list of them (e.g. 128 or [256,128])",
             )
         if activation not in ACTIVATIONS:
             raise ArgumentError("activation", activation, f"expected one of {list(ACTIVATIONS)}")

@@ -177,7 +177,10 @@ class ActivationComparison(Callback):
             return
         from mlflow import MlflowClient
 
-        client, run_id = MlflowClient(resolve_tracking_uri(settings.get("tracking_uri"))), marker.read_text().strip()
+        client, run_id = (
+            MlflowClient(resolve_tracking_uri(settings.get("tracking_uri"))),
+            marker.read_text().strip(),
+        )
         client.log_artifact(run_id, str(figure))
         client.log_artifact(run_id, str(figure.with_suffix(".md")))
         # The run's description in the MLflow UI: the table is readable there without a click.

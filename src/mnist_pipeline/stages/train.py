@@ -26,6 +26,7 @@ from mnist_pipeline.parts import (
     part_configs,
 )
 from mnist_pipeline.reporting.evaluation import log_report, write_report
+from mnist_pipeline.tracking.logger import MLflowLogger
 from mnist_pipeline.training.checkpoints import (
     RUN_ID_KEY,
     AtomicCheckpointIO,
@@ -35,7 +36,6 @@ from mnist_pipeline.training.checkpoints import (
 )
 from mnist_pipeline.training.classifier import Classifier
 from mnist_pipeline.training.curve import TrainingCurve
-from mnist_pipeline.tracking.logger import MLflowLogger
 
 log = logging.getLogger(__name__)
 

@@ -130,7 +130,10 @@ def run_tags() -> dict[str, str]:
         marker = Path(hydra.sweep.dir) / PARENT_RUN_FILE
         if hydra.mode == RunMode.MULTIRUN and marker.is_file():
             tags["mlflow.parentRunId"] = marker.read_text().strip()
-    for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+    for variable, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+    ):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
     return tags

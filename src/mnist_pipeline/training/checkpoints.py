@@ -87,7 +87,11 @@ def load_network(path: str | Path) -> tuple[nn.Module, str | None]:
     net = instantiate(checkpoint["hyper_parameters"]["parts"]["model"])
     prefix = "net."
     net.load_state_dict(
-        {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        {
+            k.removeprefix(prefix): v
+            for k, v in checkpoint["state_dict"].items()
+            if k.startswith(prefix)
+        }
     )
     return net.eval(), checkpoint.get(RUN_ID_KEY)
 
