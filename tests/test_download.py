@@ -6,6 +6,7 @@ import gzip
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -133,6 +134,26 @@ def test_stalling_mirror_times_out_and_falls_through(
     # A stalled server is given up on entirely: asking it for the plain name would stall again.
     assert stalled.requests == [IMAGES + ".gz"]
     assert f"mirror {stalled} failed: {IMAGES}.gz: timed out after 0.5 s" in caplog.text
+
+
+def test_parts_left_by_killed_fetches_are_removed(tiny_mnist, tmp_path: Path) -> None:
+    # What `kill -9` during a download leaves: a dead writer's part, and an old-style one.
+    source, sha256s = tiny_mnist
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [
+        dest / f".{IMAGES}.{dead.pid}.0a1b2c3d.part",
+        dest / f".{IMAGES}.deadbeef.part",
+    ]
+    live = dest / f".t10k-labels-idx1-ubyte.{os.getpid()}.0a1b2c3d.part"  # a live parallel fetch
+    for part in (*stale, live):
+        part.write_bytes(b"half a file")
+    fetch(dest, {IMAGES: sha256s[IMAGES]}, [str(source)], progress=False)
+    assert not any(part.exists() for part in stale)
+    assert live.exists()
+    assert sorted(os.listdir(dest)) == sorted([IMAGES, live.name])
 
 
 def test_interrupted_download_leaves_no_temp_file(tiny_mnist, http_mirror, tmp_path) -> None:

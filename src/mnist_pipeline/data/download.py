@@ -61,6 +61,7 @@ def fetch(
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(dest)
     env_mirror = os.environ.get(MIRROR_ENV)
     mirrors = [env_mirror, *mirrors] if env_mirror else list(mirrors)
 
@@ -78,6 +79,30 @@ def fetch(
     return paths
 
 
+def remove_stale_parts(dest: Path) -> None:
+    """Delete partial downloads that a killed fetch left in `dest` (`.<name>.<pid>.<hex>.part`).
+
+    A part whose writing process is still alive (a parallel fetch) is left alone; one without a
+    pid in its name predates that naming and is stale.
+    """
+    for part in dest.glob(".*.part"):
+        fields = part.name.split(".")
+        pid = int(fields[-3]) if len(fields) >= 5 and fields[-3].isdigit() else None
+        if pid is None or not _alive(pid):
+            log.info("removing %s, left by a fetch that was killed", part)
+            part.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _fetch_file(
     path: Path, sha256: str, mirrors: Sequence[str], timeout: float, progress: bool
 ) -> None:
@@ -93,7 +118,8 @@ def _fetch_file(
                 reasons.append(f"{candidate}: not found")  # directories may hold either form
                 continue
             # Temp file in dest so the final os.replace is an atomic rename on one filesystem.
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+            # The pid in its name tells a later fetch whether its writer is still alive.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
             try:
                 size = _download(url, tmp, timeout, progress and sys.stderr.isatty())
                 _verify(tmp, candidate, sha256)
