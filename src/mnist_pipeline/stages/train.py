@@ -6,13 +6,14 @@ import json
 import logging
 import signal
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_pipeline import PROJECT_ROOT
@@ -26,6 +27,7 @@ from mnist_pipeline.parts import (
     part_configs,
 )
 from mnist_pipeline.reporting.evaluation import log_report, write_report
+from mnist_pipeline.stages.outputs import held, output_dir
 from mnist_pipeline.tracking.logger import MLflowLogger
 from mnist_pipeline.training.checkpoints import (
     RUN_ID_KEY,
@@ -40,17 +42,6 @@ from mnist_pipeline.training.curve import TrainingCurve
 log = logging.getLogger(__name__)
 
 
-def output_dir(cfg: DictConfig) -> Path:
-    """`paths.output_dir`, or the Hydra run directory, or (outside Hydra) the working directory."""
-    if cfg.paths.output_dir:
-        return resolve_path(PROJECT_ROOT, cfg.paths.output_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path.cwd()
-
-
 def train(cfg: DictConfig) -> float:
     """Fit on train/val, test the best checkpoint, report; returns the best validation accuracy."""
     cfg = validate(cfg)
@@ -62,19 +53,20 @@ def train(cfg: DictConfig) -> float:
         saved = read_checkpoint(resume)
         check_resumable(saved["hyper_parameters"]["parts"], cfg, resume)
         run_id = saved.get(RUN_ID_KEY)
-    # MLflow's run is created in the background from here on (see MLflowLogger).
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
-    loggers = [] if cfg.trainer.get("fast_dev_run") else build_loggers(cfg, out, run_id)
-    mlflow = next((lg for lg in loggers if isinstance(lg, MLflowLogger)), None)
-    try:
-        with ending_run(mlflow):
-            pl.seed_everything(cfg.seed, workers=True, verbose=False)
-            model = build_classifier(cfg)
-            log.info("model: %s; output: %s", describe(model.net), out)
-            return _fit_test_report(cfg, model, out, resume, loggers, mlflow)
-    except SIGTERMException as stop:
-        # Lightning stops on SIGTERM with a bare SystemExit, i.e. exit status 0: say "killed".
-        raise SystemExit(128 + signal.SIGTERM) from stop
+    with held(out) if rank_zero_only.rank == 0 else nullcontext():
+        loggers = [] if cfg.trainer.get("fast_dev_run") else build_loggers(cfg, out, run_id)
+        # MLflow's run is being created in the background from here on (see MLflowLogger).
+        mlflow = next((lg for lg in loggers if isinstance(lg, MLflowLogger)), None)
+        try:
+            with ending_run(mlflow):
+                pl.seed_everything(cfg.seed, workers=True, verbose=False)
+                model = build_classifier(cfg)
+                log.info("model: %s; output: %s", describe(model.net), out)
+                return _fit_test_report(cfg, model, out, resume, loggers, mlflow)
+        except SIGTERMException as stop:
+            # Lightning stops on SIGTERM with a bare SystemExit (exit status 0): say "killed".
+            raise SystemExit(128 + signal.SIGTERM) from stop
 
 
 def _fit_test_report(

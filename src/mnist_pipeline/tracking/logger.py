@@ -7,8 +7,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,29 @@ def artifact_location(uri: str, experiment_name: str) -> str | None:
     if not uri.startswith("sqlite:///"):
         return None
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / experiment_name).as_uri()
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Exclusive use of a local sqlite store while it may be created or upgraded.
+
+    MLflow creates and migrates the schema of a new sqlite file without a lock: three trainings
+    started together on a fresh clone all crashed (`table _alembic_tmp_metrics already
+    exists`). A file lock beside the database makes them take turns; other stores pass.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
@@ -197,12 +221,13 @@ class MLflowLogger(MLFlowLogger):
 
     def _create(self, arguments: dict[str, Any]) -> MlflowClient:
         try:
-            MLFlowLogger.__init__(self, **arguments)  # imports mlflow
-            if not arguments["run_id"]:  # created here: Lightning's creation races in parallel runs
-                self._experiment_id = experiment_id(
-                    self._mlflow_client, arguments["experiment_name"], self.uri
-                )
-            client = MLFlowLogger.experiment.fget(self)  # type: ignore[attr-defined]
+            with store_lock(self.uri):
+                MLFlowLogger.__init__(self, **arguments)  # imports mlflow
+                if not arguments["run_id"]:  # here: Lightning's creation races in parallel runs
+                    self._experiment_id = experiment_id(
+                        self._mlflow_client, arguments["experiment_name"], self.uri
+                    )
+                client = MLFlowLogger.experiment.fget(self)  # type: ignore[attr-defined]
             if arguments["run_id"]:  # resumed, or an evaluation of its checkpoint
                 self.resumed_status = client.get_run(self._run_id).info.status
                 client.update_run(self._run_id, status="RUNNING")

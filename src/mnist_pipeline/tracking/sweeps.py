@@ -14,6 +14,7 @@ from mnist_pipeline.tracking.logger import (
     check_server,
     experiment_id,
     resolve_tracking_uri,
+    store_lock,
 )
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ class SweepParentRun(HydraCallback):
 
         uri = resolve_tracking_uri(settings.get("tracking_uri"))
         check_server(uri)
-        self.client = MlflowClient(uri)
-        experiment = experiment_id(self.client, settings.get("experiment_name", "mnist"), uri)
+        with store_lock(uri):
+            self.client = MlflowClient(uri)
+            experiment = experiment_id(self.client, settings.get("experiment_name", "mnist"), uri)
         sweep_dir = Path(config.hydra.sweep.dir)
         parent = self.client.create_run(
             experiment,

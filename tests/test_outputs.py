@@ -1,0 +1,68 @@
+"""Each training holds its output directory; parallel trainings never share one."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import mlflow_runs
+
+from mnist_pipeline.config import ConfigError
+from mnist_pipeline.stages.outputs import OWNER_FILE, held
+from mnist_pipeline.training.checkpoints import load_network
+
+
+def test_a_held_directory_is_refused_to_another_live_process(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / OWNER_FILE).write_text(f"{socket.gethostname()} {other.pid}\n")
+        with pytest.raises(ConfigError, match="is in use by another training"):
+            with held(tmp_path):
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    # Its process is gone now (as after kill -9): the directory is taken over, then released.
+    with held(tmp_path):
+        assert (tmp_path / OWNER_FILE).read_text().split() == [
+            socket.gethostname(),
+            str(os.getpid()),
+        ]
+    assert not (tmp_path / OWNER_FILE).exists()
+
+
+@pytest.mark.slow
+def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_path):
+    # As a user would: the default run directories (relative to the working directory), a new
+    # sqlite store, three trainings started in the same second.
+    assert not (tmp_path / "mlflow.db").exists()
+    processes = {}
+    for hidden in (16, 24, 40):
+        command = [
+            arg
+            for arg in tiny_run.command(f"model.hidden={hidden}", "report=false")
+            if not arg.startswith("hydra.run.dir=")
+        ]
+        processes[hidden] = subprocess.Popen(
+            command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+    for hidden, process in processes.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, f"hidden={hidden}:\n{stderr[-3000:]}"
+
+    directories = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(directories) == 3
+    trained = {}
+    for directory in directories:
+        net, run_id = load_network(directory / "checkpoints" / "best.ckpt")
+        trained[net.layers[2].out_features] = (directory, run_id)
+    assert sorted(trained) == [16, 24, 40]  # each directory holds its own training
+    _, runs = mlflow_runs(tmp_path)
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    by_id = {r.info.run_id: r for r in runs}
+    for hidden, (directory, run_id) in trained.items():
+        run = by_id[run_id]
+        assert run.data.params["model.hidden"] == str(hidden)
+        assert run.data.tags["hydra.output_dir"] == str(directory)
+    assert not list(tmp_path.glob("outputs/runs/*/*/" + OWNER_FILE))
