@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import runpy
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -267,5 +269,24 @@ def train_tiny(
         with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=[*base, *overrides])
         return train(cfg)
+
+    return run
+
+
+@pytest.fixture
+def predict_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """Factory: `predict_cli(*overrides)`: `src/predict.py` run as `python src/predict.py ...` would
+    (as `__main__`, Hydra's main, argv and all), in this process; its exit status and output."""
+    monkeypatch.chdir(REPO)
+
+    def run(*overrides: str) -> SimpleNamespace:
+        monkeypatch.setattr(sys, "argv", ["src/predict.py", *overrides])
+        try:
+            runpy.run_path("src/predict.py", run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        output = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=output.out, stderr=output.err)
 
     return run

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import re
-import runpy
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -16,6 +13,7 @@ from PIL import Image, ImageDraw
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.networks.mlp import MLP
 from mnist_pipeline.prediction.predict import load_predictor, render_probabilities
+from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
 from mnist_pipeline.training.classifier import Classifier
 
 # "  7 ███████▍ 0.912  <- guess": digit, bar, probability
@@ -27,7 +25,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained hidden=16 MLP saved the way training saves it."""
     path = tmp_path_factory.mktemp("model") / "tiny.ckpt"
     trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        plugins=[AtomicCheckpointIO()],
     )
     parts = {"model": {"_target_": "mnist_pipeline.networks.mlp.MLP", "hidden": 16}}
     trainer.strategy.connect(Classifier(MLP(hidden=16), torch.optim.Adam, parts=parts))
@@ -44,27 +46,8 @@ def digit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def _predict(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """Factory: `_predict(*overrides)`: `src/predict.py` run as `python src/predict.py ...` would
-    (as `__main__`, Hydra's main, argv and all), in this process; its exit status and output."""
-    monkeypatch.chdir(PROJECT_ROOT)
-
-    def run(*overrides: str) -> SimpleNamespace:
-        monkeypatch.setattr(sys, "argv", ["src/predict.py", *overrides])
-        try:
-            runpy.run_path("src/predict.py", run_name="__main__")
-            code = 0
-        except SystemExit as stop:
-            code = stop.code
-        output = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=output.out, stderr=output.err)
-
-    return run
-
-
-def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path, _predict) -> None:
-    result = _predict(f"ckpt_path={checkpoint}", f"image={digit}")
+def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path, predict_cli):
+    result = predict_cli(f"ckpt_path={checkpoint}", f"image={digit}")
     assert result.returncode == 0, result.stderr
     lines = PROBABILITY_LINE.findall(result.stdout)
     assert [int(d) for d, _, _ in lines] == list(range(10))
@@ -78,11 +61,11 @@ def test_predict_prints_probabilities_and_guess(checkpoint: Path, digit: Path, _
 
 
 def test_predict_rejects_a_file_that_is_not_an_image(
-    checkpoint: Path, tmp_path: Path, _predict
+    checkpoint: Path, tmp_path: Path, predict_cli
 ) -> None:
     notes = tmp_path / "notes.png"
     notes.write_text("not a picture")
-    result = _predict(f"ckpt_path={checkpoint}", f"image={notes}")
+    result = predict_cli(f"ckpt_path={checkpoint}", f"image={notes}")
     assert result.returncode == 2
     assert "notes.png" in result.stderr
     assert "Traceback" not in result.stderr

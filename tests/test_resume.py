@@ -87,3 +87,44 @@ def test_resuming_into_a_different_model_is_refused(train_tiny, tmp_path):
     assert "model.hidden: checkpoint 16, config 32" in str(error.value)
     assert "scheduler._target_: checkpoint None, config torch.optim" in str(error.value)
     assert "resume with the settings it was trained with" in str(error.value)
+
+
+@pytest.mark.slow
+def test_sigterm_while_drawing_the_report_ends_the_run_killed(tiny_run, tmp_path):
+    # After the test the report is drawn (matplotlib, five figures): seconds without Lightning.
+    process = subprocess.Popen(
+        tiny_run.command("trainer.max_epochs=1", "logger.mlflow.log_model=false"),
+        stdout=subprocess.PIPE,  # where Hydra's log goes
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in process.stdout:
+        if "test accuracy" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    process.stdout.read()
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not (tmp_path / "run" / "reports" / "metrics.json").exists()  # stopped mid-report
+    _, runs = mlflow_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+@pytest.mark.slow
+def test_a_run_left_running_by_a_killed_process_is_marked_killed(tiny_run, train_tiny, tmp_path):
+    process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
+    process.kill()  # SIGKILL: nothing runs, the MLflow run stays RUNNING
+    process.wait()
+    _, (ghost,) = mlflow_runs(tmp_path)
+    assert ghost.info.status == "RUNNING" and ghost.data.tags["mnist.pid"] == str(process.pid)
+
+    train_tiny(
+        "trainer.max_epochs=1",
+        "report=false",
+        "logger.mlflow.log_model=false",
+        f"paths.output_dir={tmp_path / 'next'}",
+    )
+
+    _, runs = mlflow_runs(tmp_path)
+    statuses = {r.info.run_id: r.info.status for r in runs}
+    assert statuses.pop(ghost.info.run_id) == "KILLED"
+    assert list(statuses.values()) == ["FINISHED"]

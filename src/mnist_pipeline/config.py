@@ -28,7 +28,11 @@ from mnist_pipeline.networks import ArgumentError
 RUN_DIR_KEYS = ("save_dir", "dirpath")
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Bad input from the user (a config value, a file): one line, exit status 2, no traceback."""
+
+
+class ConfigError(UserError):
     """A config key has a value the pipeline cannot use."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mnist_pipeline.data.idx import decompress, parse_idx
+from mnist_pipeline.processes import alive
 
 try:
     from tqdm import tqdm
@@ -88,19 +89,9 @@ def remove_stale_parts(dest: Path) -> None:
     for part in dest.glob(".*.part"):
         fields = part.name.split(".")
         pid = int(fields[-3]) if len(fields) >= 5 and fields[-3].isdigit() else None
-        if pid is None or not _alive(pid):
+        if pid is None or not alive(pid):
             log.info("removing %s, left by a fetch that was killed", part)
             part.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _fetch_file(

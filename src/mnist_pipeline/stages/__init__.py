@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mnist_pipeline.config import ConfigError
+from mnist_pipeline.config import UserError
 
 Result = TypeVar("Result")
 
@@ -27,15 +27,15 @@ def silence_known_noise() -> None:
 
 
 def user_errors_exit_2(stage: Callable[..., Result]) -> Callable[..., Result]:
-    """Runs an entry point's stage: a config the pipeline refuses is the user's mistake, not a
-    crash, so its lines and exit status 2; and without the known noise."""
+    """Runs an entry point's stage: a config or file the pipeline refuses is the user's
+    mistake, not a crash, so its lines and exit status 2; and without the known noise."""
 
     @functools.wraps(stage)
     def run(*args: Any, **kwargs: Any) -> Result:
         silence_known_noise()
         try:
             return stage(*args, **kwargs)
-        except ConfigError as error:
+        except UserError as error:
             for line in str(error).splitlines():
                 print(f"error: {line}", file=sys.stderr)
             sys.exit(2)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.config import ConfigError, resolve_path
+from mnist_pipeline.processes import alive
 
 OWNER_FILE = ".owner"
 
@@ -44,7 +45,7 @@ def held(directory: Path) -> Iterator[Path]:
             fd = os.open(owner, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = owner.read_text().strip() if owner.exists() else ""
-            if holder and _alive(holder):
+            if holder and _holder_alive(holder):
                 raise ConfigError(
                     f"output directory {directory} is in use by another training (host and pid "
                     f"{holder}); give each training its own hydra.run.dir or paths.output_dir"
@@ -61,15 +62,9 @@ def held(directory: Path) -> Iterator[Path]:
             owner.unlink()
 
 
-def _alive(holder: str) -> bool:
+def _holder_alive(holder: str) -> bool:
     """Is the process `host pid` still running? On another host it cannot be told: yes."""
     host, _, pid = holder.partition(" ")
     if host != socket.gethostname() or not pid.isdigit():
         return host != socket.gethostname()
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return alive(int(pid))

@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> float:
         # MLflow's run is being created in the background from here on (see MLflowLogger).
         mlflow = next((lg for lg in loggers if isinstance(lg, MLflowLogger)), None)
         try:
-            with ending_run(mlflow):
+            with sigterm_stops(), ending_run(mlflow):
                 pl.seed_everything(cfg.seed, workers=True, verbose=False)
                 model = build_classifier(cfg)
                 log.info("model: %s; output: %s", describe(model.net), out)
@@ -152,6 +152,27 @@ def ending_run(mlflow: MLflowLogger | None) -> Iterator[None]:
         mlflow.end("FAILED")
         raise
     mlflow.end("FINISHED")
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM ends the training as Ctrl-C does, whatever phase it is in (exit status 143).
+
+    During `fit` Lightning's handler is installed around this one and calls it after its own:
+    Lightning then stops at the next chunk with `last.ckpt` saved, so this one stands back.
+    Elsewhere (loading data, testing, drawing the report) the default action would kill the
+    process on the spot and leave its MLflow run RUNNING.
+    """
+
+    def stop(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is stop:  # not inside Lightning's fit
+            raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline.processes import alive
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
 
 
 class TrackingError(RuntimeError):
@@ -136,9 +139,31 @@ def _hydra() -> Any:
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
+def process_tags() -> dict[str, str]:
+    """The host and pid of the process writing a run: a run left RUNNING by a process that is
+    gone can be told from one still training (`mark_orphans`)."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def mark_orphans(client: MlflowClient, experiment: str, keep: str) -> list[str]:
+    """End KILLED the runs of `experiment` left RUNNING by a process of this host that no longer
+    exists (kill -9, a power cut); `keep` is the caller's own run. Returns their ids."""
+    host = socket.gethostname()
+    running = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    runs = client.search_runs([experiment], filter_string=running)
+    orphans = []
+    for run in runs:
+        pid = run.data.tags.get(PID_TAG, "")
+        if run.info.run_id != keep and pid.isdigit() and not alive(int(pid)):
+            client.set_tag(run.info.run_id, "mnist.ended_by", f"a later run: pid {pid} was gone")
+            client.set_terminated(run.info.run_id, "KILLED")
+            orphans.append(run.info.run_id)
+    return orphans
+
+
 def run_tags() -> dict[str, str]:
     """Where a run came from: code and data version, Hydra overrides, sweep, DVC experiment."""
-    tags: dict[str, str] = {}
+    tags: dict[str, str] = process_tags()
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -230,9 +255,13 @@ class MLflowLogger(MLFlowLogger):
                 client = MLFlowLogger.experiment.fget(self)  # type: ignore[attr-defined]
             if arguments["run_id"]:  # resumed, or an evaluation of its checkpoint
                 self.resumed_status = client.get_run(self._run_id).info.status
+                for key, value in process_tags().items():
+                    client.set_tag(self._run_id, key, value)
                 client.update_run(self._run_id, status="RUNNING")
             else:
                 log.info("MLflow run %s (%s) in %s", self._run_id, arguments["run_name"], self.uri)
+            for orphan in mark_orphans(client, self._experiment_id, keep=self._run_id):
+                log.info("MLflow run %s was left RUNNING by a process that is gone: KILLED", orphan)
             return client
         except Exception as error:
             raise TrackingError(

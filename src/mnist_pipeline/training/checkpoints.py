@@ -1,8 +1,11 @@
-"""Checkpoints: written atomically, loaded safely, carrying the MLflow run that made them."""
+"""Checkpoints: written atomically, checksummed, loaded safely, carrying their MLflow run."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import pickle
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,20 +17,58 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from mnist_pipeline.atomic import atomic_write_bytes
+from mnist_pipeline.config import UserError
 
 RUN_ID_KEY = "mlflow_run_id"
+CHECKSUM_KEY = "content_sha256"
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be trusted: unreadable, or not what was saved."""
+
+
+def content_sha256(checkpoint: Any) -> str:
+    """SHA-256 of a checkpoint's content: every tensor's dtype, shape and bytes, every other
+    value's repr, in key order. A flipped byte anywhere in the weights or the optimizer state
+    changes it."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"tensor{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                if key != CHECKSUM_KEY:
+                    digest.update(repr(key).encode())
+                    feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed(checkpoint)
+    return digest.hexdigest()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves via a temp file in the checkpoint's own directory and a rename.
 
     Lightning's default stages the file in the system temp directory and moves it, which is a
-    copy (not atomic) when that is another file system. Loads with `weights_only=True`.
+    copy (not atomic) when that is another file system. Each checkpoint carries the SHA-256 of
+    its content, which loading verifies (`read_checkpoint`).
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
+        checkpoint = {**checkpoint, CHECKSUM_KEY: content_sha256(checkpoint)}
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, buffer.getvalue())
@@ -35,7 +76,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return read_checkpoint(path)
 
 
 class RunIdInCheckpoint(pl.Callback):
@@ -70,11 +111,23 @@ class CheckpointOnInterrupt(pl.Callback):
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, loaded without unpickling arbitrary objects."""
+    """The checkpoint dict, loaded without unpickling arbitrary objects and verified against
+    the checksum saved in it; a `CheckpointError` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read ({reason})") from None
+    if not isinstance(checkpoint, dict) or CHECKSUM_KEY not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} has no checksum: not saved by this pipeline")
+    if content_sha256(checkpoint) != checkpoint[CHECKSUM_KEY]:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its content does not match the checksum saved in it"
+        )
+    return checkpoint
 
 
 def load_network(path: str | Path) -> tuple[nn.Module, str | None]:
