@@ -4,8 +4,10 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import mlflow_runs
 
 from mnist_pipeline.config import ConfigError
@@ -13,12 +15,27 @@ from mnist_pipeline.training.checkpoints import find_last, read_checkpoint
 
 # 100 steps per epoch in chunks of 4: a signal is handled between chunks, so mid-epoch.
 SLOW = (
-    "trainer.max_epochs=6",
+    "trainer.max_epochs=4",
     "data.batch_size=5",
     "data.chunk_size=20",
     "report=false",
     "logger.mlflow.log_model=false",
 )
+
+
+def _same_training(run: Path, reference: Path) -> None:
+    """The two runs ended with bit-identical weights and optimizer state and the same curve."""
+    ours, theirs = (read_checkpoint(d / "checkpoints" / "last.ckpt") for d in (run, reference))
+    for key, tensor in theirs["state_dict"].items():
+        assert torch.equal(ours["state_dict"][key], tensor), key
+    for ours_state, their_state in zip(
+        ours["optimizer_states"][0]["state"].values(),
+        theirs["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        assert all(torch.equal(ours_state[k], their_state[k]) for k in their_state)
+    curve = "reports/training_curve.csv"
+    assert (run / curve).read_text() == (reference / curve).read_text()
 
 
 def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:
@@ -50,20 +67,23 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
     _, (killed,) = mlflow_runs(tmp_path)
 
     tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert find_last(tmp_path) == last  # the newest last.ckpt: what ckpt_path=last resumes
+    reference = f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'reference.db'}"
+    tiny_run(*SLOW, reference, f"hydra.run.dir={tmp_path / 'uninterrupted'}")
+    _same_training(tmp_path / "run", tmp_path / "uninterrupted")  # RNG state restored too
 
     client, runs = mlflow_runs(tmp_path)
     assert [r.info.run_id for r in runs] == [killed.info.run_id]  # the same run, not a new one
     assert runs[0].info.status == "FINISHED"
-    # Per-epoch metrics for epochs 1-6, each once (epoch 3+ after the resume), steps increasing.
+    # Per-epoch metrics for epochs 1-4, each once (epoch 3+ after the resume), steps increasing.
     for key in ("train/acc", "val/acc"):
         steps = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
-        assert len(steps) == len(set(steps)) == 6 and steps == sorted(steps), key
-    # Same output directory as before the kill; the curve has each of the 6 epochs once.
+        assert len(steps) == len(set(steps)) == 4 and steps == sorted(steps), key
+    # Same output directory as before the kill; the curve has each of the 4 epochs once.
     curve = (tmp_path / "run" / "reports" / "training_curve.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in curve[1:]] == ["1", "2", "3", "4", "5", "6"]
+    assert [line.split(",")[0] for line in curve[1:]] == ["1", "2", "3", "4"]
     summary = json.loads((tmp_path / "run" / "reports" / "train_metrics.json").read_text())
-    assert summary["epochs"] == 6 and summary["test_acc"] > 0.8
-    assert find_last(tmp_path) == last
+    assert summary["epochs"] == 4 and summary["test_acc"] > 0.8
 
 
 @pytest.mark.slow
@@ -77,6 +97,28 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_pa
     assert checkpoint["global_step"] > 100 * (checkpoint["epoch"])
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
+
+    # Resumed mid-epoch: the rest of that epoch's batches, none twice, the same result.
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    reference = f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'reference.db'}"
+    tiny_run(*SLOW, reference, f"hydra.run.dir={tmp_path / 'uninterrupted'}")
+    _same_training(tmp_path / "run", tmp_path / "uninterrupted")
+
+    # Resuming the finished run again: nothing to do, nothing logged twice.
+    _, (before,) = mlflow_runs(tmp_path)
+    again = tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'again'}")
+    assert "is complete" in again.stdout + again.stderr
+    _, (after,) = mlflow_runs(tmp_path)
+    assert after.info.status == "FINISHED" and after.data.metrics == before.data.metrics
+    assert (
+        len(
+            client_history := mlflow_runs(tmp_path)[0].get_metric_history(
+                after.info.run_id, "test/acc"
+            )
+        )
+        == 1
+    ), client_history
 
 
 def test_resuming_into_a_different_model_is_refused(train_tiny, tmp_path):

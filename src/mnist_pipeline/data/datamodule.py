@@ -148,8 +148,15 @@ class MNISTDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> Chunks:
         # Overfitting (trainer.overfit_batches) means the same samples every epoch.
         shuffle = not (self.trainer and self.trainer.overfit_batches)
+        batches = self._batches(self.train, self.batch_size, shuffle=shuffle)
+        if self.trainer is None:
+            return Chunks(batches, self.batches_per_chunk)
+        loop = self.trainer.fit_loop
         return Chunks(
-            self._batches(self.train, self.batch_size, shuffle=shuffle), self.batches_per_chunk
+            batches,
+            self.batches_per_chunk,
+            epoch=lambda: self.trainer.current_epoch,
+            progress=lambda: loop.epoch_loop.batch_progress.current.completed,
         )
 
     def val_dataloader(self) -> TensorBatches:

@@ -53,6 +53,13 @@ def train(cfg: DictConfig) -> float:
         saved = read_checkpoint(resume)
         check_resumable(saved["hyper_parameters"]["parts"], cfg, resume)
         run_id = saved.get(RUN_ID_KEY)
+        summary = out / "reports" / "train_metrics.json"
+        if summary.is_file() and saved["epoch"] + 1 >= cfg.trainer.get("max_epochs", 1000):
+            # Trained, tested and reported: resuming would only log it all a second time.
+            log.info(
+                "the run in %s is complete (%d epochs): nothing to resume", out, saved["epoch"] + 1
+            )
+            return float(json.loads(summary.read_text())["best_val_acc"])
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
     with held(out) if rank_zero_only.rank == 0 else nullcontext():
         loggers = [] if cfg.trainer.get("fast_dev_run") else build_loggers(cfg, out, run_id)

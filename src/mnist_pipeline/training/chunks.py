@@ -20,20 +20,43 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class Chunks:
-    """The batches of `batches`, `size` consecutive ones per list."""
+    """The batches of `batches`, `size` consecutive ones per list.
 
-    def __init__(self, batches: Iterable[Batch], size: int) -> None:
+    Stateful for Lightning: a checkpoint saved mid-epoch records `progress()`, (epoch, chunks
+    trained in it), and a training resumed from it starts that epoch's iteration after those
+    chunks, so no batch is trained twice or skipped. (Lightning asks for the state while it
+    already holds the next chunk, so the count must come from its progress, not from here.)
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[Batch],
+        size: int,
+        epoch: Callable[[], int] = lambda: 0,
+        progress: Callable[[], int] = lambda: 0,
+    ) -> None:
         if size < 1:
             raise ValueError(f"chunk size must be at least one batch, got {size}")
-        self.batches, self.size = batches, size
+        self.batches, self.size, self.epoch, self.progress = batches, size, epoch, progress
+        self._resume: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return -(-len(self.batches) // self.size)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[list[Batch]]:
         batches = iter(self.batches)
+        resume, self._resume = self._resume, None
+        if resume is not None and resume["epoch"] == self.epoch():
+            for _ in itertools.islice(batches, resume["chunks_done"] * self.size):
+                pass  # slices of tensors: skipping costs next to nothing
         while chunk := list(itertools.islice(batches, self.size)):
             yield chunk
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch(), "chunks_done": self.progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)
 
 
 def train_on_chunk(

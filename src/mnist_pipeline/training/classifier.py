@@ -16,6 +16,7 @@ from mnist_pipeline.training.chunks import train_on_chunk
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+RNG_KEY = "rng_states"
 
 
 class Classifier(pl.LightningModule):
@@ -52,6 +53,9 @@ class Classifier(pl.LightningModule):
             )
             metrics[f"{stage}_loss"] = MeanMetric()
         self.metrics = nn.ModuleDict(metrics)
+        for name in ("train_acc", "train_loss"):
+            # Saved with the checkpoint: a training resumed mid-epoch reports the whole epoch.
+            self.metrics[name].persistent(True)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net(pixels)
@@ -108,6 +112,20 @@ class Classifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The random state (dropout) too: a resumed training continues the same sequence.
+        checkpoint[RNG_KEY] = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get(RNG_KEY)
+        if states is not None:
+            torch.set_rng_state(states["cpu"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
