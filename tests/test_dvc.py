@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, mlflow_runs
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -31,12 +31,15 @@ def _copy_project(destination: Path) -> None:
             shutil.copy2(source, destination / name)
 
 
-def _dvc(project: Path, *args: str) -> str:
+def _dvc(project: Path, *args: str, check: bool = True) -> str:
     dvc = Path(sys.executable).with_name("dvc")
     result = subprocess.run(
         [str(dvc), *args], cwd=project, capture_output=True, text=True, timeout=600
     )
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    if check:
+        assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    else:
+        assert result.returncode != 0, f"dvc {' '.join(args)} should have failed"
     return result.stdout + result.stderr
 
 
@@ -88,13 +91,44 @@ def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project)
     assert '"accuracy"' in shown
 
     assert "Data and pipelines are up to date" in _dvc(project, "repro")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "results")
+    tracked = {
+        name: (project / name).read_bytes() for name in _git(project, "ls-files", "reports").split()
+    }
+    assert "reports/train_metrics.json" in tracked and "reports/training_curve.csv" in tracked
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["model"]["hidden"] = 16
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # A stage that fails (a value the config check refuses) leaves the tracked outputs alone.
+    _set_param(project, "model", "hidden", 0)
+    failed = _dvc(project, "repro", check=False)
+    assert "model.hidden=0: expected a positive integer" in failed
+    assert {name: (project / name).read_bytes() for name in tracked} == tracked
+    assert _git(project, "status", "--porcelain").splitlines() == [" M params.yaml"]
+
+    _set_param(project, "model", "hidden", 16)
     third = _dvc(project, "repro")
     assert "Running stage 'download'" not in third
     assert "Running stage 'train'" in third and "Running stage 'evaluate'" in third
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["model"]["hidden"] == 16
     assert os.path.getsize(project / "reports" / "metrics.json") > 0
+
+    # A repro of a clean checkout is tracked as clean (no output deleted before it ran).
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "hidden 16")
+    _dvc(project, "repro", "--force", "--single-item", "train")
+    _, runs = mlflow_runs(project.parent)
+    newest = max(runs, key=lambda run: run.info.start_time)
+    assert newest.data.tags["git.dirty"] == "False"
+
+
+def _set_param(project: Path, group: str, key: str, value: object) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[group][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _git(project: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=project, capture_output=True, text=True, check=True
+    ).stdout

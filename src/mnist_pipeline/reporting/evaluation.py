@@ -100,6 +100,8 @@ def write_report(
             "activations figures",
             type(net).__name__,
         )
+        for stale in ("first_layer_weights.png", "digit_walkthrough.png"):  # another network's
+            (pictures / stale).unlink(missing_ok=True)
     else:
         layer, activation = dense
         written.append(pictures / "first_layer_weights.png")
