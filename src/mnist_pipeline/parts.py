@@ -21,6 +21,7 @@ from torch import nn
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.config import RUN_DIR_KEYS, ConfigError, resolve_path
 from mnist_pipeline.data.datamodule import MNISTDataModule
+from mnist_pipeline.tracking.logger import default_run_name
 from mnist_pipeline.training.classifier import Classifier
 
 PARTS = ("model", "optimizer", "scheduler")
@@ -99,8 +100,11 @@ def build_loggers(cfg: DictConfig, out: Path, mlflow_run_id: str | None = None) 
     loggers = []
     for name, part in parts:
         extra = _run_dirs(part, out)
-        if mlflow_run_id and issubclass(get_class(part._target_), MLFlowLogger):
-            extra["run_id"] = mlflow_run_id
+        if issubclass(get_class(part._target_), MLFlowLogger):
+            if mlflow_run_id:
+                extra["run_id"] = mlflow_run_id
+            elif part.get("run_name", "") is None:
+                extra["run_name"] = default_run_name(cfg.model)
         try:
             loggers.append(instantiate(part, **extra))
         except Exception as error:

@@ -167,7 +167,9 @@ def run_tags() -> dict[str, str]:
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = commit
-        tags["git.dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+        # dvc.lock is the pipeline's own bookkeeping: `dvc repro` updates it between stages.
+        changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+        tags["git.dirty"] = str(bool(changes))
     if version := data_version():
         tags["data.version"] = version
     hydra = _hydra()
@@ -188,14 +190,14 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
-def default_run_name() -> str:
-    """The model option and its command-line settings, e.g. `mlp-hidden=256-activation=sigmoid`."""
+def default_run_name(model: Any) -> str:
+    """The model option and its command-line settings, e.g. `mlp-hidden=256-activation=sigmoid`;
+    the network's class when there is no option (DVC's params.yaml): `mlp`."""
     hydra = _hydra()
-    if hydra is None:
-        return "training"
-    model = hydra.runtime.choices.get("model") or "model"
-    settings = [o.split(".", 1)[1] for o in hydra.overrides.task if o.startswith("model.")]
-    return "-".join([model, *settings])
+    choice = hydra.runtime.choices.get("model") if hydra is not None else None
+    name = choice or str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
+    overrides = hydra.overrides.task if hydra is not None else []
+    return "-".join([name, *(o.split(".", 1)[1] for o in overrides if o.startswith("model."))])
 
 
 class MLflowLogger(MLFlowLogger):
@@ -236,7 +238,7 @@ class MLflowLogger(MLFlowLogger):
         check_server(self.uri)  # an unreachable server fails the command before any work
         arguments = {
             "experiment_name": experiment_name,
-            "run_name": None if run_id else run_name or default_run_name(),
+            "run_name": None if run_id else run_name or "training",
             "tracking_uri": self.uri,
             "tags": None if run_id else {**run_tags(), **(tags or {})},
             "artifact_location": artifact_location(self.uri, experiment_name),
