@@ -40,7 +40,12 @@ def _same_training(run: Path, reference: Path) -> None:
 
 def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:
     process = subprocess.Popen(
-        tiny_run.command(*SLOW), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        tiny_run.command(*SLOW),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A non-interactive shell (CI) starts commands with SIGINT ignored; a user's has it on.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     curve = tmp_path / "run" / "reports" / "training_curve.csv"
 
@@ -119,6 +124,18 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_pa
         )
         == 1
     ), client_history
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_last_checkpoint_marks_the_run_killed_and_exits_130(tiny_run, tmp_path):
+    process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] > 100 * (checkpoint["epoch"])  # saved at the interrupt
+    _, runs = mlflow_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"]
 
 
 def test_resuming_into_a_different_model_is_refused(train_tiny, tmp_path):

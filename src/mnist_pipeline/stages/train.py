@@ -107,7 +107,8 @@ def _fit_test_report(
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
     if mlflow is not None:
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    with ctrl_c_exits_130(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     checkpoint = next(
         (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor),
         None,
@@ -117,7 +118,8 @@ def _fit_test_report(
     if best_score is None:  # no checkpointing (e.g. debug=fdr): the last validation
         best_score = trainer.callback_metrics.get("val/acc", float("nan"))
     # Loads the best weights into `model`: the report and the logged model are the best.
-    (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    with ctrl_c_exits_130(trainer):
+        (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
     log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
     summary = {
         "best_val_acc": float(best_score),
@@ -159,6 +161,21 @@ def ending_run(mlflow: MLflowLogger | None) -> Iterator[None]:
         mlflow.end("FAILED")
         raise
     mlflow.end("FINISHED")
+
+
+@contextmanager
+def ctrl_c_exits_130(trainer: pl.Trainer) -> Iterator[None]:
+    """Ctrl-C ends the command with status 130, as the shell expects of it.
+
+    Lightning answers a KeyboardInterrupt by shutting down gracefully and `sys.exit(1)`, the
+    status of a crash.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        if trainer.interrupted and stop.code == 1:
+            raise SystemExit(128 + signal.SIGINT) from stop
+        raise
 
 
 @contextmanager
