@@ -75,6 +75,8 @@ def test_good_overrides_validate(overrides):
         (["data.batch_size=0"], "data.batch_size=0: expected a positive integer"),
         (["data.chunk_size=0"], "data.chunk_size=0"),
         (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1: expected a whole number"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a whole number of epochs"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected a whole number"),
         (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val: not supported"),
         (["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches: not supported"),
         (["+trainer.max_epoch=3"], "trainer.max_epoch: not a pytorch_lightning.Trainer argument"),

@@ -109,6 +109,11 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"trainer.{key}: not a pytorch_lightning.Trainer argument this config can set"
             )
+    epochs = cfg.trainer.get("max_epochs", 1)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or not (epochs >= 1 or epochs == -1):
+        problems.append(
+            f"trainer.max_epochs={epochs!r}: expected a whole number of epochs >= 1 (-1: no limit)"
+        )
     every = cfg.trainer.get("log_every_n_steps", 50)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         problems.append(
