@@ -65,6 +65,6 @@ def held(directory: Path) -> Iterator[Path]:
 def _holder_alive(holder: str) -> bool:
     """Is the process `host pid` still running? On another host it cannot be told: yes."""
     host, _, pid = holder.partition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return host != socket.gethostname()
-    return alive(int(pid))
+    if host != socket.gethostname():
+        return True
+    return pid.isdigit() and alive(int(pid))
