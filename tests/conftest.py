@@ -5,10 +5,15 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import os
 import runpy
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -290,3 +295,60 @@ def predict_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[s
         return SimpleNamespace(returncode=code, stdout=output.out, stderr=output.err)
 
     return run
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TrackingServer(str):
+    """A real `mlflow server` on loopback (the string is its URI), with its own sqlite store and
+    artifact folder in `directory`; `kill()` sends it SIGKILL, `start()` starts it (again)."""
+
+    def __new__(cls, directory: Path) -> TrackingServer:
+        server = super().__new__(cls, f"http://127.0.0.1:{free_port()}")
+        server.directory, server.process = directory, None
+        return server
+
+    def start(self) -> None:
+        port = self.rsplit(":", 1)[1]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", port]
+            + ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.directory / 'server.db'}"]
+            + ["--artifacts-destination", str(self.directory / "server-artifacts")],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: `kill` reaches its workers too
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self}/health", timeout=2):
+                    return
+            except OSError:
+                assert self.process.poll() is None, "mlflow server exited"
+                assert time.monotonic() < deadline, "mlflow server did not answer /health"
+                time.sleep(0.5)
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Stop the server and every process it started (its workers): kill -9 by default."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signum)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TrackingServer]:
+    """A real `mlflow server` on loopback (`TrackingServer`), started; its URI is
+    $MLFLOW_TRACKING_URI for the test."""
+    server = TrackingServer(tmp_path)
+    try:
+        server.start()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)

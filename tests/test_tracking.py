@@ -1,72 +1,16 @@
 """MLflow tracking against real stores: a sqlite file and an `mlflow server` on loopback."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
-from conftest import mlflow_runs
+from conftest import free_port, mlflow_runs
 
 from mnist_pipeline.data.download import DownloadError
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import predict
 from mnist_pipeline.tracking.logger import TrackingError
 from mnist_pipeline.training.checkpoints import load_network
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def tracking_server(tmp_path, monkeypatch):
-    """A real `mlflow server` on loopback with its own sqlite store and artifact folder; its URI
-    is $MLFLOW_TRACKING_URI for the test."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server did not answer /health"
-                time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        yield uri
-    finally:
-        os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -141,7 +85,7 @@ def test_failing_run_ends_failed(train_tiny, tmp_path):
 
 
 def test_unreachable_server_fails_fast(train_tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
     with pytest.raises(TrackingError) as error:
         train_tiny()

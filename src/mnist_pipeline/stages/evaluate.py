@@ -32,8 +32,9 @@ def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, Any]:
     metrics, written = write_report(net, images, labels, reports)
     settings = mlflow_settings(cfg)
     if run_id and settings is not None:
-        logger = instantiate(settings, run_id=run_id)
+        logger = instantiate(settings, run_id=run_id, save_dir=str(reports.parent))
         log_report(logger, metrics, reports, written)
         logger.end(logger.resumed_status)
+        logger.check_sent()
         log.info("logged the evaluation into MLflow run %s", run_id)
     return metrics

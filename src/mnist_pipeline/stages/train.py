@@ -29,6 +29,7 @@ from mnist_pipeline.parts import (
 from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.stages.outputs import held, output_dir
 from mnist_pipeline.tracking.logger import MLflowLogger
+from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
 from mnist_pipeline.training.checkpoints import (
     RUN_ID_KEY,
     AtomicCheckpointIO,
@@ -59,6 +60,9 @@ def train(cfg: DictConfig) -> float:
             log.info(
                 "the run in %s is complete (%d epochs): nothing to resume", out, saved["epoch"] + 1
             )
+            if (out / UNSENT_DIR).is_dir():  # all but the sending: send now
+                count, outbox = sync(out)
+                log.info("sent %d kept records to MLflow run %s", count, outbox.run_id)
             return float(json.loads(summary.read_text())["best_val_acc"])
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
     with held(out) if rank_zero_only.rank == 0 else nullcontext():
@@ -70,10 +74,13 @@ def train(cfg: DictConfig) -> float:
                 pl.seed_everything(cfg.seed, workers=True, verbose=False)
                 model = build_classifier(cfg)
                 log.info("model: %s; output: %s", describe(model.net), out)
-                return _fit_test_report(cfg, model, out, resume, loggers, mlflow)
+                best_val_acc = _fit_test_report(cfg, model, out, resume, loggers, mlflow)
         except SIGTERMException as stop:
             # Lightning stops on SIGTERM with a bare SystemExit (exit status 0): say "killed".
             raise SystemExit(128 + signal.SIGTERM) from stop
+    if mlflow is not None:
+        mlflow.check_sent()  # trained and saved, but the MLflow run misses part of it
+    return best_val_acc
 
 
 def _fit_test_report(

@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,18 +20,21 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.processes import alive
+from mnist_pipeline.tracking.outbox import (
+    UNSENT_DIR,
+    Outbox,
+    Record,
+    TrackingError,
+    bound_http_waits,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from torch import nn
+    from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or store cannot be used."""
 
 
 def repository_root() -> Path:
@@ -207,10 +209,13 @@ class MLflowLogger(MLFlowLogger):
     training starts: importing mlflow and opening the store take 1.5-3 s, and Lightning does
     it before the first step; (2) metrics wait in memory and go to the store in one write per
     epoch (a sqlite write costs as much as 20 steps of the MLP), before the curve CSV, so once
-    the curve shows an epoch MLflow has it too; (3) the run's end status is set by the train
-    stage (`end`), which knows whether the test and report after `fit` succeeded and whether
-    the user interrupted (KILLED); (4) provenance tags, a default run name and, with
-    `log_model`, an MLflow pyfunc model instead of Lightning's checkpoint upload.
+    the curve shows an epoch MLflow has it too; (3) everything goes through an `Outbox`: a
+    store that goes out of reach mid-training costs one bounded wait, and what it misses is kept
+    in `save_dir`/mlflow-unsent (sent by a resume or `python src/sync.py`); (4) the run's end
+    status is set by the train stage (`end`), which knows whether the test and report after
+    `fit` succeeded and whether the user interrupted (KILLED); (5) provenance tags, a default
+    run name and, with `log_model`, an MLflow pyfunc model instead of Lightning's checkpoint
+    upload.
     """
 
     def __init__(
@@ -221,11 +226,14 @@ class MLflowLogger(MLFlowLogger):
         run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         log_model: bool = True,
+        save_dir: str | None = None,
     ) -> None:
         self.uri = resolve_tracking_uri(tracking_uri)
         self.log_pyfunc = log_model
+        self.outbox = Outbox(self.uri, Path(save_dir) / UNSENT_DIR if save_dir else None, run_id)
         self._pending: list[tuple[str, float, int, int]] = []
         self._created: Future[MlflowClient] | None = None
+        self._queue: Future[None] | None = None
         self.resumed_status = "RUNNING"
         self._resumed = run_id is not None
         # What Lightning may read before the background creation has run the parent's __init__.
@@ -235,6 +243,7 @@ class MLflowLogger(MLFlowLogger):
         if rank_zero_only.rank != 0:  # other DDP ranks log nothing: Lightning's dummy experiment
             super().__init__(experiment_name, tracking_uri=self.uri, run_id=run_id)
             return
+        bound_http_waits(self.uri)
         check_server(self.uri)  # an unreachable server fails the command before any work
         arguments = {
             "experiment_name": experiment_name,
@@ -244,7 +253,7 @@ class MLflowLogger(MLFlowLogger):
             "artifact_location": artifact_location(self.uri, experiment_name),
             "run_id": run_id,
         }
-        self._created = _in_background(lambda: self._create(arguments))
+        self._created = self._queue = _in_background(lambda: self._create(arguments))
 
     def _create(self, arguments: dict[str, Any]) -> MlflowClient:
         try:
@@ -255,8 +264,10 @@ class MLflowLogger(MLFlowLogger):
                         self._mlflow_client, arguments["experiment_name"], self.uri
                     )
                 client = MLFlowLogger.experiment.fget(self)  # type: ignore[attr-defined]
+            self.outbox.run_id = self._run_id
             if arguments["run_id"]:  # resumed, or an evaluation of its checkpoint
-                self.resumed_status = client.get_run(self._run_id).info.status
+                status = client.get_run(self._run_id).info.status
+                self.resumed_status = self.outbox.replay(client) or status
                 for key, value in process_tags().items():
                     client.set_tag(self._run_id, key, value)
                 client.update_run(self._run_id, status="RUNNING")
@@ -292,38 +303,34 @@ class MLflowLogger(MLFlowLogger):
     def version(self) -> str | None:
         return self._run_id  # Lightning's waits for the run: the progress bar asks at once
 
-    def _then(self, task: Callable[[MlflowClient], None]) -> None:
-        """Run `task(client)` in the background once the run exists, before any later use."""
-        created = self._created
+    def _later(self, record: Record) -> None:
+        """Post `record` in the background, after everything before it."""
+        queue, created = self._queue, self._created
 
-        def run() -> MlflowClient:
-            client = created.result()
-            task(client)
-            return client
+        def post() -> None:
+            queue.result()
+            self.outbox.post(created.result(), record)
 
-        self._created = _in_background(run)
+        self._queue = _in_background(post)
+
+    def _now(self, record: Record) -> None:
+        """Post `record` now, after everything before it (re-raises what failed before)."""
+        self._queue.result()
+        self.outbox.post(self._created.result(), record)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         """Params in the background, at MLflow's own limit of 6000 characters a value."""
         params = {key: str(value)[:6000] for key, value in dict(params).items()}
-
-        def log_params(client: MlflowClient) -> None:
-            from mlflow.entities import Param
-
-            items = [Param(key, value) for key, value in params.items()]
-            for start in range(0, len(items), 100):  # MLflow takes 100 params per batch
-                client.log_batch(self._run_id, params=items[start : start + 100])
-
         # A resumed run keeps the params it started with: MLflow refuses to change one (and
         # the resume check made sure the model settings are the same).
         if params and not self._resumed:
-            self._then(log_params)
+            self._later({"params": params})
 
     @rank_zero_only
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact, written in the background."""
-        self._then(lambda client: client.log_text(self._run_id, text, artifact_file))
+        self._later({"text": text, "file": artifact_file})
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -333,17 +340,10 @@ class MLflowLogger(MLFlowLogger):
             self.flush()
 
     def flush(self) -> None:
-        """Write the metrics waiting in memory, in batches of MLflow's limit of 1000."""
-        if not self._pending:
-            return
-        client = self._created.result()
-        # Only now: importing mlflow here while the creation thread imports it can fail.
-        from mlflow.entities import Metric
-
-        items = [Metric(key, value, ms, step) for key, value, ms, step in self._pending]
-        for start in range(0, len(items), 1000):
-            client.log_batch(self._run_id, metrics=items[start : start + 1000])
-        self._pending = []
+        """Send the metrics waiting in memory."""
+        if self._pending:
+            self._now({"metrics": self._pending})
+            self._pending = []
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -359,70 +359,37 @@ class MLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def end(self, status: str) -> None:
-        """End the run FINISHED, FAILED or KILLED; nothing to end if it could not be created."""
+        """End the run FINISHED, FAILED or KILLED; nothing to end if it could not be created.
+
+        Called while another error may be on its way: one from an earlier record is left to
+        that error, or to `check_sent`.
+        """
+        try:
+            self._queue.result()
+        except Exception as error:
+            log.debug("an earlier MLflow record failed: %s", error)
         try:
             client = self._created.result()
         except Exception:
             return
-        client.set_terminated(self._run_id, status)
+        self.outbox.post(client, {"status": status})
+
+    def check_sent(self) -> None:
+        """A `TrackingError` (one line) if records could not be sent and wait on disk."""
+        if rank_zero_only.rank == 0:
+            self.outbox.check_sent()
 
     @rank_zero_only
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
-        self.experiment.log_artifact(self.run_id, str(path), artifact_dir)
+        self._now({"artifact": str(path), "dir": artifact_dir})
 
     @rank_zero_only
-    def log_pyfunc_model(self, net: nn.Module, example: Any) -> None:
-        """An MLflow model: pixels (N, 28, 28) float32 in [0, 1] -> probabilities (N, 10).
-
-        Waits for the run first: mlflow must not be imported here while the creation thread
-        imports it.
-
-        The network's own source file travels with it when it lives outside this package (a
-        user's network in `src/`), so the model loads wherever MLflow loads it.
-        """
-        run_id = self.run_id
-        import mlflow
-        import torch
-        from mlflow.models import infer_signature
-
+    def log_pyfunc_model(self, net: nn.Module, example: Tensor) -> None:
+        """An MLflow model: pixels (N, 28, 28) float32 in [0, 1] -> probabilities (N, 10)."""
         from mnist_pipeline.networks import Probabilities
 
         model = Probabilities(net).cpu().eval()
-        example = example.detach().cpu().float()
-        with torch.no_grad():
-            output = model(example).numpy()
-        code = {str(Path(__file__).resolve().parents[1]), *_user_code(net)}
-        requirements = [
-            f"torch=={torch.__version__.split('+')[0]}",
-            f"mlflow=={mlflow.__version__}",
-            "numpy",
-        ]
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.pytorch.log_model(
-                model,
-                name="model",
-                signature=infer_signature(example.numpy(), output),
-                input_example=example.numpy(),
-                pip_requirements=requirements,
-                code_paths=sorted(code),
-            )
-
-
-def _user_code(net: nn.Module) -> set[str]:
-    """Source of the network's modules that are neither installed packages nor this one.
-
-    A user's network in `src/my_net.py` (or a folder of them) travels with the model this way.
-    """
-    installed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
-    paths = set()
-    for name in {type(module).__module__ for module in net.modules()}:
-        top = sys.modules.get(name.split(".")[0])
-        source = Path(getattr(top, "__file__", None) or sys.prefix).resolve()
-        if name.startswith(("mnist_pipeline", "__main__")) or installed & set(source.parents):
-            continue
-        paths.add(str(source.parent if source.name == "__init__.py" else source))
-    return paths
+        self._now({"model": model, "example": example.detach().cpu().float()})
 
 
 class _WhenCreated:
