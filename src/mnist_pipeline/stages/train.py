@@ -27,6 +27,7 @@ from mnist_pipeline.parts import (
     part_configs,
 )
 from mnist_pipeline.reporting.evaluation import log_report, write_report
+from mnist_pipeline.search.trial import TrialPruning, current_trial
 from mnist_pipeline.stages.outputs import held, output_dir
 from mnist_pipeline.tracking.logger import MLflowLogger
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
@@ -95,6 +96,8 @@ def _fit_test_report(
     callbacks = build_callbacks(cfg, out)
     if mlflow is not None:
         callbacks.append(RunIdInCheckpoint(lambda: mlflow.run_id))
+    if (trial := current_trial()) is not None:  # a trial of a search: report, maybe prune
+        callbacks.append(TrialPruning(trial))
     reports = out / "reports"
     curve = TrainingCurve(reports / "training_curve.csv", resumed=resume is not None)
     trainer = pl.Trainer(

@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline import PROJECT_ROOT, repository_root
 from mnist_pipeline.processes import alive
 from mnist_pipeline.tracking.outbox import (
     UNSENT_DIR,
@@ -35,15 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
-
-
-def repository_root() -> Path:
-    """The user's repository, also inside a queued DVC experiment's temporary copy of it.
-
-    DVC runs queued experiments in a throwaway copy and points $DVC_ROOT at the real repository;
-    a store written inside the copy would be deleted with it.
-    """
-    return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT).resolve()
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -194,8 +185,11 @@ def run_tags() -> dict[str, str]:
 
 def default_run_name(model: Any) -> str:
     """The model option and its command-line settings, e.g. `mlp-hidden=256-activation=sigmoid`;
-    the network's class when there is no option (DVC's params.yaml): `mlp`."""
+    the network's class when there is no option (DVC's params.yaml): `mlp`; for a trial of a
+    search, the study and trial: `mnist-mlp-trial-7`."""
     hydra = _hydra()
+    if hydra is not None and hydra.sweeper.get("trial") is not None:  # a trial of a search
+        return f"{hydra.sweeper.study_name}-trial-{hydra.sweeper.trial}"
     choice = hydra.runtime.choices.get("model") if hydra is not None else None
     name = choice or str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
     overrides = hydra.overrides.task if hydra is not None else []
@@ -326,6 +320,11 @@ class MLflowLogger(MLFlowLogger):
         # the resume check made sure the model settings are the same).
         if params and not self._resumed:
             self._later({"params": params})
+
+    @rank_zero_only
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags of the run (set or changed), written in the background."""
+        self._later({"tags": dict(tags)})
 
     @rank_zero_only
     def log_text(self, text: str, artifact_file: str) -> None:

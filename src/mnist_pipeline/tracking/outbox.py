@@ -138,7 +138,7 @@ class Outbox:
         return len(records)
 
     def _send(self, client: MlflowClient, record: Record) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param, RunTag
 
         if "params" in record:
             params = [Param(key, value) for key, value in record["params"].items()]
@@ -148,6 +148,9 @@ class Outbox:
             metrics = [Metric(*metric) for metric in record["metrics"]]
             for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
                 client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+        elif "tags" in record:
+            tags = [RunTag(key, value) for key, value in record["tags"].items()]
+            client.log_batch(self.run_id, tags=tags)
         elif "text" in record:
             client.log_text(self.run_id, record["text"], record["file"])
         elif "artifact" in record:  # kept relative to the run directory: it may move

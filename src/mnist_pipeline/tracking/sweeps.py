@@ -1,21 +1,28 @@
-"""Hydra callbacks that group a multirun's trainings under one parent MLflow run."""
+"""Hydra callbacks that group a multirun's trainings under one parent MLflow run (per study)."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
+from mnist_pipeline import repository_root
 from mnist_pipeline.tracking.logger import (
     PARENT_RUN_FILE,
     check_server,
     experiment_id,
+    process_tags,
     resolve_tracking_uri,
     store_lock,
 )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 LOGGER_TARGET = "mnist_pipeline.tracking.logger.MLflowLogger"
@@ -30,7 +37,13 @@ def mlflow_settings(config: DictConfig) -> DictConfig | None:
 
 
 class SweepParentRun(HydraCallback):
-    """Groups a Hydra multirun's jobs under one parent MLflow run (children tag its id)."""
+    """Groups a Hydra multirun's jobs under one parent MLflow run (children tag its id).
+
+    A grid sweep gets a parent run of its own. A search's parent is its study's: found again
+    by a rerun that resumes the study or by a second process sharing it (under the store's
+    lock), and at the end of each command given the study's best trial, its counts and its
+    figures (optimization history, parameter importances).
+    """
 
     def __init__(self) -> None:
         self.client: Any = None
@@ -44,23 +57,111 @@ class SweepParentRun(HydraCallback):
 
         uri = resolve_tracking_uri(settings.get("tracking_uri"))
         check_server(uri)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        study = _study(config)
         with store_lock(uri):
             self.client = MlflowClient(uri)
             experiment = experiment_id(self.client, settings.get("experiment_name", "mnist"), uri)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        parent = self.client.create_run(
-            experiment,
-            run_name=f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
-            tags={
-                "sweep.overrides": " ".join(config.hydra.overrides.task),
-                "hydra.sweep_dir": str(sweep_dir.resolve()),
-            },
-        )
-        self.run_id = parent.info.run_id
+            if study is not None:
+                self.run_id = self._find_study_run(experiment, *study)
+            if self.run_id is None:
+                self.run_id = self.client.create_run(
+                    experiment,
+                    run_name=f"study-{study[0]}" if study else _grid_name(sweep_dir),
+                    tags={**(_study_tags(*study) if study else {}), **process_tags()},
+                ).info.run_id
+        self.client.set_tag(self.run_id, "sweep.overrides", " ".join(config.hydra.overrides.task))
+        self.client.set_tag(self.run_id, "hydra.sweep_dir", str(sweep_dir.resolve()))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run_id)
         log.info("MLflow parent run %s for sweep %s", self.run_id, sweep_dir)
 
+    def _find_study_run(self, experiment: str, name: str, location: str) -> str | None:
+        """The parent run of study `name` at `location`, made RUNNING by this process."""
+        tags = _study_tags(name, location)
+        found = self.client.search_runs(
+            [experiment],
+            filter_string=" and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items()),
+            max_results=1,
+        )
+        if not found:
+            return None
+        run_id = found[0].info.run_id
+        for key, value in process_tags().items():
+            self.client.set_tag(run_id, key, value)
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.run_id is not None:
+        if self.run_id is None:
+            return
+        study = _study(config)
+        finished = True
+        if study is not None:
+            finished = log_study(self.client, self.run_id, *study, config.hydra.sweeper.n_trials)
+        if finished:  # else another process still runs trials of the study: it ends the run
             self.client.set_terminated(self.run_id, "FINISHED")
+
+
+STUDY_TAG, STORAGE_TAG = "mnist.study", "mnist.study_storage"
+
+
+def _study(config: DictConfig) -> tuple[str, str] | None:
+    """(name, storage location) of the study a search multirun works on; None for a grid."""
+    sweeper = config.hydra.sweeper
+    if "study_name" not in sweeper or "trial" not in sweeper:  # not mnist_search's sweeper
+        return None
+    from mnist_pipeline.search.study import storage_location
+
+    return sweeper.study_name, storage_location(sweeper.storage, repository_root())
+
+
+def _study_tags(name: str, location: str) -> dict[str, str]:
+    return {STUDY_TAG: name, STORAGE_TAG: location}
+
+
+def _grid_name(sweep_dir: Path) -> str:
+    return f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}"
+
+
+def log_study(client: MlflowClient, run_id: str, name: str, location: str, n_trials: int) -> bool:
+    """Best value and params, trial counts and figures of a study into its parent run.
+
+    Returns whether the study has all its `n_trials` done.
+    """
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from mlflow.entities import Metric, RunTag
+
+    from mnist_pipeline.search.study import best, open_storage, progress
+
+    study = optuna.load_study(study_name=name, storage=open_storage(location))
+    counts, top = progress(study), best(study)
+    tags = [RunTag(f"study.{key}", str(value)) for key, value in counts.items()]
+    metrics = []
+    if top is not None:
+        tags += [RunTag(f"best.{key}", str(value)) for key, value in top.params.items()]
+        tags.append(RunTag("best.trial", str(top.number)))
+        metrics.append(Metric("best_value", top.value, int(time.time() * 1000), counts["done"]))
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for figure, plot in (
+            ("optimization_history.png", optuna.visualization.matplotlib.plot_optimization_history),
+            ("param_importances.png", optuna.visualization.matplotlib.plot_param_importances),
+        ):
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as error:  # e.g. importances of a single trial
+                log.info("no %s yet: %s", figure, error)
+                continue
+            path = Path(folder) / figure
+            axes.figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(axes.figure)
+            client.log_artifact(run_id, str(path), "study")
+    return counts["done"] >= n_trials
