@@ -150,7 +150,7 @@ def test_a_tracking_server_killed_mid_training_loses_nothing(tiny_run, tracking_
     """kill -9 of the server during training: training and checkpoints go on, the command
     ends soon with one line naming the kept records, and `src/sync.py` sends them later."""
     process = subprocess.Popen(
-        tiny_run.command("trainer.max_epochs=60"),
+        tiny_run.command("trainer.max_epochs=30"),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -168,9 +168,9 @@ def test_a_tracking_server_killed_mid_training_loses_nothing(tiny_run, tracking_
     assert process.returncode == 2, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"python src/sync.py {tmp_path / 'run'}" in errors[0], stderr
-    # Nothing trained is lost: all 60 epochs, their checkpoints, the test and the report.
-    assert len(curve.read_text().splitlines()) == 61
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt")["epoch"] == 59
+    # Nothing trained is lost: all 30 epochs, their checkpoints, the test and the report.
+    assert len(curve.read_text().splitlines()) == 31
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt")["epoch"] == 29
     assert json.loads((tmp_path / "run" / "reports" / "train_metrics.json").read_text())["epochs"]
 
     tracking_server.start()  # the server is back: same address, same store
@@ -186,7 +186,7 @@ def test_a_tracking_server_killed_mid_training_loses_nothing(tiny_run, tracking_
     assert f"records of MLflow run {run.info.run_id}" in sent.stdout
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "val/acc")
-    assert [m.step for m in history] == [10 * epoch for epoch in range(1, 61)]
+    assert [m.step for m in history] == [10 * epoch for epoch in range(1, 31)]
     assert "test/acc" in run.data.metrics and "eval/accuracy" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "reports"} <= artifacts
