@@ -74,6 +74,14 @@ def test_good_overrides_validate(overrides):
         (["+callbacks.x._target_=no.Such"], "callbacks.x._target_=no.Such: cannot import it"),
         (["data.batch_size=0"], "data.batch_size=0: expected a positive integer"),
         (["data.chunk_size=0"], "data.chunk_size=0"),
+        (["data.eval_batch_size=-1"], "data.eval_batch_size=-1: expected a positive integer"),
+        (
+            ["data.val_size=70000"],
+            "data.val_size=70000: expected 1 to 59999 (validation images, taken from the 60000 "
+            "training images)",
+        ),
+        (["data.val_size=60000"], "data.val_size=60000: expected 1 to 59999"),
+        (["data.val_size=-5"], "data.val_size=-5: expected 1 to 59999"),
         (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1: expected a whole number"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a whole number of epochs"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected a whole number"),
