@@ -27,8 +27,13 @@ def test_train_end_to_end_without_tracking(train_tiny, tmp_path):
     curve = (run_dir / "reports" / "training_curve.csv").read_text().splitlines()
     assert curve[0] == "epoch,train_loss,train_acc,val_loss,val_acc" and len(curve) == 3
     metrics = json.loads((run_dir / "reports" / "metrics.json").read_text())
+    assert list(metrics) == ["accuracy", "loss", "macro_f1", "worst_f1", "worst_digit"]
     assert metrics["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-6)
-    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    per_class = json.loads((run_dir / "reports" / "per_class.json").read_text())
+    assert [row["digit"] for row in per_class] == list(range(10))
+    f1 = [row["f1"] for row in per_class]
+    assert metrics["macro_f1"] == pytest.approx(sum(f1) / 10, abs=1e-5)
+    assert (metrics["worst_f1"], metrics["worst_digit"]) == (min(f1), f1.index(min(f1)))
     for name in (*FIGURES, "training_curves"):
         assert (run_dir / "reports" / "figures" / f"{name}.png").stat().st_size > 1000
     net, run_id = load_network(run_dir / "checkpoints" / "best.ckpt")
