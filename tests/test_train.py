@@ -10,7 +10,9 @@ import pytest
 from conftest import REPO
 
 from mnist_pipeline.config import ConfigError
-from mnist_pipeline.training.checkpoints import load_network
+from mnist_pipeline.stages import silence_known_noise
+from mnist_pipeline.training.checkpoints import load_network, read_checkpoint
+from mnist_pipeline.training.chunks import train_on_chunk
 from mnist_pipeline.training.curve import read_curve
 
 FIGURES = ("confusion_matrix", "misclassified", "first_layer_weights", "digit_walkthrough")
@@ -184,3 +186,45 @@ print((p.argmax(1) == labels.numpy()).mean(), run.data.metrics["test/acc"])
     assert scored.returncode == 0, scored.stderr[-3000:]
     served, logged = map(float, scored.stdout.split())
     assert served == pytest.approx(logged, abs=1e-6) and served > 0.5
+
+
+# What a run printed and no user can act on (Lightning's lines, torch's and Lightning's warnings).
+NOISE = (
+    "Restoring states from the checkpoint",
+    "Loaded model weights",
+    "TPU available: False",
+    "weights_only",
+    "litlogger",
+    "LeafSpec",
+)
+
+
+def test_the_console_holds_nothing_to_learn_to_ignore(train_tiny, capfd, caplog):
+    silence_known_noise()  # as every entry point does
+    caplog.set_level("INFO")
+    train_tiny("logger=none", "trainer.enable_model_summary=true")
+    console = "".join(capfd.readouterr()) + caplog.text
+    assert [noise for noise in NOISE if noise in console] == []
+    assert console.count("test accuracy") == 1
+
+
+def test_ctrl_c_saves_its_checkpoint_quietly(train_tiny, tmp_path, capfd, caplog, monkeypatch):
+    import mnist_pipeline.training.classifier as classifier
+
+    chunks = []
+
+    def interrupted(*args):
+        chunks.append(1)
+        if len(chunks) == 5:  # the second chunk of the second epoch (3 chunks of 4, 4, 2)
+            raise KeyboardInterrupt
+        return train_on_chunk(*args)
+
+    monkeypatch.setattr(classifier, "train_on_chunk", interrupted)
+    silence_known_noise()
+    caplog.set_level("INFO")
+    with pytest.raises(SystemExit) as stop:
+        train_tiny("logger=none", "data.chunk_size=200")
+    assert stop.value.code == 130
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 14
+    console = "".join(capfd.readouterr()) + caplog.text
+    assert [noise for noise in NOISE if noise in console] == []

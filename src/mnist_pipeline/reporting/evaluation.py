@@ -133,13 +133,7 @@ def write_report(
     if curve:
         written.append(pictures / "training_curves.png")
         figures.training_curves_figure(curve, written[-1])
-    log.info(
-        "test accuracy %.4f, loss %.4f on %d images; reports in %s",
-        metrics["accuracy"],
-        metrics["loss"],
-        len(labels),
-        reports,
-    )
+    log.info("report of %d test images in %s", len(labels), reports)
     return metrics, written
 
 

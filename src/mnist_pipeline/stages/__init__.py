@@ -27,16 +27,33 @@ from mnist_pipeline.config import UserError
 Result = TypeVar("Result")
 
 
+# Lightning's INFO lines that no user can act on.
+LIGHTNING_NOISE = (
+    # Its advertisement for its cloud logger, on every Trainer.
+    "litlogger",
+    # No GPU or TPU here: Lightning warns of one that is there and not used.
+    "GPU available: False",
+    "TPU available: False",
+    # Loading the best weights before each test (the test line names the checkpoint); a resume
+    # still says "Restored all states from the checkpoint at ...".
+    "Restoring states from the checkpoint path at",
+    "Loaded model weights from the checkpoint at",
+)
+
+
 def silence_known_noise() -> None:
     """Hide what every run printed and no user can act on, at its source.
 
-    - Lightning's advertisement for its cloud logger (an INFO line on every Trainer).
+    - Lightning's `LIGHTNING_NOISE` lines.
     - torch's deprecation of `LeafSpec`, which Lightning's own pytree helper still uses.
+    - Lightning's advice to log epoch values with `sync_dist=True` under DDP: ours are
+      torchmetrics' `compute()`, already all-reduced over the ranks (`Classifier._log_epoch`).
     """
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
+        lambda record: not any(noise in record.getMessage() for noise in LIGHTNING_NOISE)
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist")
 
 
 def user_errors_exit_2(stage: Callable[..., Result]) -> Callable[..., Result]:

@@ -73,7 +73,8 @@ def train(cfg: DictConfig) -> float:
             with sigterm_stops(), ending_run(mlflow):
                 pl.seed_everything(cfg.seed, workers=True, verbose=False)
                 model = build_classifier(cfg)
-                log.info("model: %s; output: %s", describe(model.net), out)
+                if rank_zero_only.rank == 0:  # once, not once per DDP process
+                    log.info("model: %s; output: %s", describe(model.net), out)
                 best_val_acc = _fit_test_report(cfg, model, out, resume, loggers, mlflow)
         except SIGTERMException as stop:
             # Lightning stops on SIGTERM with a bare SystemExit (exit status 0): say "killed".
@@ -127,7 +128,6 @@ def _fit_test_report(
     # Loads the best weights into `model`: the report and the logged model are the best.
     with ctrl_c_exits_130(trainer):
         (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-    log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
     summary = {
         "best_val_acc": float(best_score),
         "test_acc": test["test/acc"],
@@ -136,6 +136,7 @@ def _fit_test_report(
     }
     if not trainer.is_global_zero:
         return summary["best_val_acc"]
+    log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
     atomic_write_text(reports / "train_metrics.json", json.dumps(summary, indent=2) + "\n")
     images, labels = (tensor.cpu() for tensor in datamodule.test)
     net = model.net.cpu().eval()
