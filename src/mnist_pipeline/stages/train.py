@@ -28,6 +28,7 @@ from mnist_pipeline.parts import (
 )
 from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.stages.outputs import held, output_dir
+from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import MLflowLogger
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
 from mnist_pipeline.training.checkpoints import (
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float:
     """Fit on train/val, test the best checkpoint, report; returns the best validation accuracy."""
     cfg = validate(cfg)
+    if rank_zero_only.rank == 0:
+        warn_if_params_stale()  # the DVC stage: is params.yaml what conf/ says?
     resume = resume_from(cfg.ckpt_path)
     # A resumed training goes on where it was: same output directory, same MLflow run.
     out = resume.parent.parent if resume and not cfg.paths.output_dir else output_dir(cfg)
