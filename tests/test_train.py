@@ -228,3 +228,20 @@ def test_ctrl_c_saves_its_checkpoint_quietly(train_tiny, tmp_path, capfd, caplog
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 14
     console = "".join(capfd.readouterr()) + caplog.text
     assert [noise for noise in NOISE if noise in console] == []
+
+
+def test_progress_bar_counts_batches_not_chunks(train_tiny, capfd):
+    # 500 training images in batches of 50: 10 batches an epoch, in chunks of 4, 4 and 2.
+    train_tiny(
+        "logger=none", "report=false", "data.chunk_size=200", "trainer.enable_progress_bar=true"
+    )
+    bar = "".join(capfd.readouterr()).replace("\r", "\n")
+    epoch = [line for line in bar.splitlines() if line.startswith("Epoch 0:")]
+    counts = [line.split("|")[2].split()[0] for line in epoch if "%|" in line]
+    assert list(dict.fromkeys(counts)) == [
+        "0/10",
+        "4/10",
+        "8/10",
+        "10/10",
+    ]
+    assert "v_num" not in bar and "/3 [" not in bar
