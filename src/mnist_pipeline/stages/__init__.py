@@ -115,7 +115,7 @@ def _composition_errors_exit_2() -> Iterator[None]:
             except COMPOSITION_ERRORS as error:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                print(f"error: {describe_composition_error(error)}", file=sys.stderr)
+                print(f"error: {_describe_composition_error(error)}", file=sys.stderr)
                 sys.exit(2)
 
         return report(composed)
@@ -127,7 +127,7 @@ def _composition_errors_exit_2() -> Iterator[None]:
         utils.run_and_report = report
 
 
-def describe_composition_error(error: Exception) -> str:
+def _describe_composition_error(error: Exception) -> str:
     """One line for what Hydra could not compose, naming the override."""
     cause = error.__cause__
     if isinstance(error, MissingConfigException) and error.options:
