@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import logging
 import os
 import runpy
 import signal
@@ -285,7 +286,13 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     monkeypatch.chdir(REPO)
 
     def run(script: str, *args: str) -> SimpleNamespace:
+        from hydra.core.hydra_config import HydraConfig
+
         monkeypatch.setattr(sys, "argv", [f"src/{script}.py", *args])
+        # Hydra leaves its config and its log handlers (on this test's captured stdout) behind:
+        # later tests in this process must see neither.
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+        monkeypatch.setattr(logging.root, "handlers", logging.root.handlers[:])
         try:
             runpy.run_path(f"src/{script}.py", run_name="__main__")
             code = 0

@@ -204,8 +204,9 @@ def test_the_console_holds_nothing_to_learn_to_ignore(train_tiny, capfd, caplog)
     caplog.set_level("INFO")
     train_tiny("logger=none", "trainer.enable_model_summary=true")
     console = "".join(capfd.readouterr()) + caplog.text
-    assert [noise for noise in NOISE if noise in console] == []
-    assert console.count("test accuracy") == 1
+    assert [line for line in console.splitlines() if any(n in line for n in NOISE)] == [], console
+    # The test result once (the report said it a second time).
+    assert sum(r.getMessage().startswith("test accuracy") for r in caplog.records) == 1
 
 
 def test_ctrl_c_saves_its_checkpoint_quietly(train_tiny, tmp_path, capfd, caplog, monkeypatch):
