@@ -114,24 +114,36 @@ def test_options_override_the_top_level_keys():
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("script", "args", "message"),
     [
-        (["model.hiden=3"], "model.hiden=3: no such key; did you mean model.hidden?"),
+        ("train", ["model.hiden=3"], "model.hiden=3: no such key; did you mean model.hidden?"),
         (
+            "train",
             ["optimizer=rmsprop"],
             "optimizer=rmsprop: no such option; choose one of adam, adamw, sgd",
         ),
         (
+            "train",
             ["trainer.precision=16"],
             "trainer.precision=16: no such key (trainer has accelerator, devices, max_epochs, "
             "log_every_n_steps, enable_progress_bar, enable_model_summary); "
             "+trainer.precision=16 adds it",
         ),
-        (["model.hidden=["], "model.hidden=[: no viable alternative at input '['"),
-        (["--cfg", "job", "model=mpl"], "model=mpl: no such option; choose one of cnn, mlp"),
+        ("train", ["model.hidden=["], "model.hidden=[: no viable alternative at input '['"),
+        (
+            "train",
+            ["--cfg", "job", "model=mpl"],
+            "model=mpl: no such option; choose one of cnn, mlp",
+        ),
+        # Every entry point: they share `stages.entry_point`.
+        ("evaluate", ["model.hiden=3"], "model.hiden=3: no such key; did you mean model.hidden?"),
+        (
+            "download",
+            ["optimizer=rmsprop"],
+            "optimizer=rmsprop: no such option; choose one of adam, adamw, sgd",
+        ),
     ],
 )
-@pytest.mark.parametrize("script", ["train", "evaluate", "download"])
 def test_what_hydra_cannot_compose_is_one_line_and_exit_2(cli, script, args, message):
     result = cli(script, *args)
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
