@@ -3,17 +3,15 @@
 Tries $MNIST_MIRROR, then data/raw (pinned by data.dvc), then the mirrors in conf/data/mnist.yaml.
 """
 
-import hydra
 from omegaconf import DictConfig
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.config import resolve_path, validate
 from mnist_pipeline.data.download import fetch
-from mnist_pipeline.stages import user_errors_exit_2
+from mnist_pipeline.stages import entry_point
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-@user_errors_exit_2
+@entry_point("config")
 def main(cfg: DictConfig) -> None:
     data = validate(cfg).data
     local = [str(resolve_path(PROJECT_ROOT, data.local_mirror))] if data.local_mirror else []

@@ -4,17 +4,15 @@ Writes metrics.json, confusion.json and figures to the `reports/` beside the che
 `checkpoints/` folder, and logs them into the MLflow run that trained it.
 """
 
-import hydra
 from omegaconf import DictConfig
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.config import ConfigError, resolve_path, validate
-from mnist_pipeline.stages import user_errors_exit_2
+from mnist_pipeline.stages import entry_point
 from mnist_pipeline.stages.evaluate import evaluate
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-@user_errors_exit_2
+@entry_point("config")
 def main(cfg: DictConfig) -> None:
     cfg = validate(cfg)
     if not cfg.ckpt_path:

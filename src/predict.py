@@ -5,14 +5,14 @@ Or with a logged MLflow model: `python src/predict.py model_uri=runs:/<run id>/m
 
 import sys
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_pipeline.prediction.images import load_digit
 from mnist_pipeline.prediction.predict import load_predictor, render_probabilities
+from mnist_pipeline.stages import entry_point
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@entry_point("predict")
 def main(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "image"):

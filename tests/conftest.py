@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import logging
 import os
 import runpy
 import signal
@@ -279,15 +280,21 @@ def train_tiny(
 
 
 @pytest.fixture
-def predict_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """Factory: `predict_cli(*overrides)`: `src/predict.py` run as `python src/predict.py ...` would
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """Factory: `cli(script, *args)`: `src/<script>.py` run as `python src/<script>.py ...` would
     (as `__main__`, Hydra's main, argv and all), in this process; its exit status and output."""
     monkeypatch.chdir(REPO)
 
-    def run(*overrides: str) -> SimpleNamespace:
-        monkeypatch.setattr(sys, "argv", ["src/predict.py", *overrides])
+    def run(script: str, *args: str) -> SimpleNamespace:
+        from hydra.core.hydra_config import HydraConfig
+
+        monkeypatch.setattr(sys, "argv", [f"src/{script}.py", *args])
+        # Hydra leaves its config and its log handlers (on this test's captured stdout) behind:
+        # later tests in this process must see neither.
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
+        monkeypatch.setattr(logging.root, "handlers", logging.root.handlers[:])
         try:
-            runpy.run_path("src/predict.py", run_name="__main__")
+            runpy.run_path(f"src/{script}.py", run_name="__main__")
             code = 0
         except SystemExit as stop:
             code = stop.code
@@ -295,6 +302,12 @@ def predict_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[s
         return SimpleNamespace(returncode=code, stdout=output.out, stderr=output.err)
 
     return run
+
+
+@pytest.fixture
+def predict_cli(cli):
+    """Factory: `predict_cli(*overrides)`: `cli("predict", *overrides)`."""
+    return functools.partial(cli, "predict")
 
 
 def free_port() -> int:

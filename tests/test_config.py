@@ -74,6 +74,14 @@ def test_good_overrides_validate(overrides):
         (["+callbacks.x._target_=no.Such"], "callbacks.x._target_=no.Such: cannot import it"),
         (["data.batch_size=0"], "data.batch_size=0: expected a positive integer"),
         (["data.chunk_size=0"], "data.chunk_size=0"),
+        (["data.eval_batch_size=-1"], "data.eval_batch_size=-1: expected a positive integer"),
+        (
+            ["data.val_size=70000"],
+            "data.val_size=70000: expected 1 to 59999 (validation images, taken from the 60000 "
+            "training images)",
+        ),
+        (["data.val_size=60000"], "data.val_size=60000: expected 1 to 59999"),
+        (["data.val_size=-5"], "data.val_size=-5: expected 1 to 59999"),
         (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1: expected a whole number"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a whole number of epochs"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected a whole number"),
@@ -105,8 +113,65 @@ def test_options_override_the_top_level_keys():
     assert composed().report is True and composed("debug=fdr").report is False
 
 
-def test_misspelt_key_or_option_is_refused_by_hydra():
-    with pytest.raises(HydraException, match="hiden"):
-        composed("model.hiden=3")
-    with pytest.raises(HydraException, match="optimizer/adamax"):
-        composed("optimizer=adamax")
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("train", ["model.hiden=3"], "model.hiden=3: no such key; did you mean model.hidden?"),
+        (
+            "train",
+            ["optimizer=rmsprop"],
+            "optimizer=rmsprop: no such option; choose one of adam, adamw, sgd",
+        ),
+        (
+            "train",
+            ["trainer.precision=16"],
+            "trainer.precision=16: no such key (trainer has accelerator, devices, max_epochs, "
+            "log_every_n_steps, enable_progress_bar, enable_model_summary); "
+            "+trainer.precision=16 adds it",
+        ),
+        ("train", ["model.hidden=["], "model.hidden=[: no viable alternative at input '['"),
+        (
+            "train",
+            ["--cfg", "job", "model=mpl"],
+            "model=mpl: no such option; choose one of cnn, mlp",
+        ),
+        # Every entry point: they share `stages.entry_point`.
+        ("evaluate", ["model.hiden=3"], "model.hiden=3: no such key; did you mean model.hidden?"),
+        (
+            "download",
+            ["optimizer=rmsprop"],
+            "optimizer=rmsprop: no such option; choose one of adam, adamw, sgd",
+        ),
+    ],
+)
+def test_what_hydra_cannot_compose_is_one_line_and_exit_2(cli, script, args, message):
+    result = cli(script, *args)
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+
+
+def test_a_sweep_job_that_cannot_compose_is_one_line_and_exit_2(cli, tmp_path):
+    result = cli("train", "-m", f"hydra.sweep.dir={tmp_path}", "logger=none", "model.hiden=1,2")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: model.hiden=1,2: no such key; did you mean model.hidden?"
+    )
+
+
+def test_predict_names_its_own_keys(cli):
+    result = cli("predict", "image=digit.png", "ckpt=best.ckpt")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: ckpt=best.ckpt: no such key; did you mean ckpt_path?\n",
+    )
+
+
+def test_hydra_full_error_shows_hydras_trace(cli, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(HydraException, match="Could not override 'model.hiden'"):
+        cli("train", "model.hiden=3")
+
+
+def test_help_and_cfg_still_work(cli):
+    assert "== Configuration groups ==" in cli("train", "--help").stdout
+    result = cli("train", "--cfg", "job", "model.hidden=7")
+    assert result.returncode == 0 and "hidden: 7" in result.stdout

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data.datamodule import MNISTDataModule, TensorBatches, split_indices
 from mnist_pipeline.training.chunks import Chunks
 
@@ -91,3 +92,16 @@ def test_chunks_hold_the_same_batches_in_the_same_order():
         assert all(torch.equal(a, b) for a, b in zip(flat, [lb for _, lb in batches], strict=True))
     with pytest.raises(ValueError, match="at least one batch"):
         Chunks(batches, 0)
+
+
+def test_a_validation_split_larger_than_other_data_files_is_a_config_error(
+    tmp_path, tiny_mnist, monkeypatch
+):
+    # The config check knows MNIST's 60000 training images; files of another size are checked
+    # when they are read: the tiny data set has 600.
+    source, sha256s = tiny_mnist
+    monkeypatch.setenv("MNIST_MIRROR", str(source))
+    datamodule = MNISTDataModule(tmp_path / "mnist", sha256s, val_size=600)
+    datamodule.prepare_data()
+    with pytest.raises(ConfigError, match=r"data.val_size=600 must be between 1 and 599"):
+        datamodule.setup("fit")

@@ -13,7 +13,7 @@ from mnist_pipeline.training.checkpoints import load_network
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "probes"))
-    tiny_run(
+    result = tiny_run(
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
@@ -21,6 +21,10 @@ def test_ddp_on_two_cpu_processes(tiny_run, tmp_path, monkeypatch):
         "+callbacks.record_samples={_target_:record_samples.RecordSamples,dirpath:null}",
     )
     run_dir = tmp_path / "run"
+    # Said once, by rank 0; Lightning's advice to sync values torchmetrics synced is not shown.
+    console = result.stdout + result.stderr
+    assert console.count("model: MLP") == console.count("test accuracy 0.") == 1, console
+    assert "sync_dist" not in console, console
 
     # Exactly one MLflow run, written by rank 0, finished.
     _, runs = mlflow_runs(tmp_path)

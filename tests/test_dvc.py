@@ -5,11 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, mlflow_runs
+
+from mnist_pipeline.stages.params import params_drift, warn_if_params_stale
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -81,14 +84,20 @@ def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project)
     for stage in ("download", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    assert metrics["samples"] == 200 and metrics["accuracy"] > 0.8
-    assert set(metrics["per_class"]["3"]) == {"precision", "recall", "f1"}
+    assert metrics["accuracy"] > 0.8 and 0 <= metrics["worst_digit"] <= 9
+    per_class = json.loads((project / "reports" / "per_class.json").read_text())
+    assert set(per_class[3]) == {"digit", "precision", "recall", "f1"}
     confusion = json.loads((project / "reports" / "confusion.json").read_text())
     assert len(confusion) == 200 and set(confusion[0]) == {"actual", "predicted"}
     assert (project / "reports" / "figures" / "confusion_matrix.png").is_file()
     assert (project / "dvc.lock").is_file()
-    shown = _dvc(project, "metrics", "show", "--json")
-    assert '"accuracy"' in shown
+    # `dvc exp show` has a column per metric: a handful, not 10 digits x 3 scores.
+    shown = json.loads(_dvc(project, "metrics", "show", "--json"))
+    files = shown[""]["data"]
+    assert {name: len(files[name]["data"]) for name in files} == {
+        "reports/metrics.json": 5,
+        "reports/train_metrics.json": 4,
+    }
 
     assert "Data and pipelines are up to date" in _dvc(project, "repro")
     _git(project, "add", "-A")
@@ -109,6 +118,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project)
     third = _dvc(project, "repro")
     assert "Running stage 'download'" not in third
     assert "Running stage 'train'" in third and "Running stage 'evaluate'" in third
+    # params.yaml edited by hand, not composed from conf/: the stage says so.
+    assert "params.yaml differs from conf/ at data.local_mirror, data.mirrors" in third
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["model"]["hidden"] == 16
     assert os.path.getsize(project / "reports" / "metrics.json") > 0
@@ -121,6 +132,12 @@ def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project)
     newest = max(runs, key=lambda run: run.info.start_time)
     assert newest.data.tags["git.dirty"] == "False"
 
+    # An edit of conf/ alone is not "up to date": the train stage depends on conf/.
+    mlp = project / "conf" / "model" / "mlp.yaml"
+    mlp.write_text(mlp.read_text().replace("hidden: 128", "hidden: 64"))
+    status = _dvc(project, "status", "train")
+    assert "changed deps" in status and "conf" in status
+
 
 def _set_param(project: Path, group: str, key: str, value: object) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -132,3 +149,40 @@ def _git(project: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=project, capture_output=True, text=True, check=True
     ).stdout
+
+
+def test_params_yaml_is_conf_composed():
+    # What `dvc repro` runs on is what conf/ says (re-compose after editing conf/).
+    assert params_drift(REPO / "params.yaml", REPO / "conf") == []
+
+
+def test_a_stage_under_dvc_repro_warns_when_params_yaml_is_not_conf_composed(
+    tmp_path, monkeypatch, caplog
+):
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"]["hidden"] = 64  # conf/ edited, params.yaml not re-composed (or vice versa)
+    params["optimizer"]["lr"] = 0.01
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert params_drift(tmp_path / "params.yaml", tmp_path / "conf") == [
+        "model.hidden",
+        "optimizer.lr",
+    ]
+    monkeypatch.setenv("DVC_STAGE", "train")
+    started = time.monotonic()
+    warn_if_params_stale(tmp_path)
+    assert time.monotonic() - started < 1
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "params.yaml differs from conf/ at model.hidden, optimizer.lr: this stage runs on "
+        "params.yaml; after editing conf/, run `dvc exp run` (it composes conf/ into "
+        "params.yaml), not `dvc repro`"
+    ]
+    caplog.clear()
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")  # `dvc exp run` composed it, -S overrides too
+    warn_if_params_stale(tmp_path)
+    (tmp_path / "params.yaml").write_text("model: [")  # the check never fails the stage
+    monkeypatch.delenv("DVC_EXP_NAME")
+    warn_if_params_stale(tmp_path)
+    assert [r.getMessage()[:41] for r in caplog.records] == [
+        "could not compare params.yaml with conf/:"
+    ]

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from mnist_pipeline.reporting import figures
+from mnist_pipeline.reporting.evaluation import flat_metrics, score
 
 
 def _curve(epochs: int, rng: np.random.Generator) -> list[dict[str, float | str]]:
@@ -99,3 +100,22 @@ def test_activation_comparison(tmp_path: Path, rng: np.random.Generator) -> None
     curves = {"relu": _curve(3, rng), "sigmoid": _curve(3, rng)}
     figures.activation_comparison_figure(curves, tmp_path / "activations.png")
     _open_png(tmp_path / "activations.png")
+
+
+def test_score_summarises_and_tables_the_digits() -> None:
+    # 10 images of each digit, all right except three 7s taken for 1s.
+    labels = torch.arange(10).repeat_interleave(10)
+    guesses = labels.clone()
+    guesses[70:73] = 1
+    metrics = score(torch.nn.functional.one_hot(guesses, 10).float(), labels)
+    assert metrics["accuracy"] == pytest.approx(0.97)
+    seven, one = metrics["per_class"][7], metrics["per_class"][1]
+    assert (seven["digit"], seven["precision"], seven["recall"]) == (7, 1.0, 0.7)
+    assert seven["f1"] == pytest.approx(2 * 0.7 / 1.7, abs=1e-6)
+    assert (one["precision"], one["recall"]) == (pytest.approx(10 / 13, abs=1e-6), 1.0)
+    assert (metrics["worst_digit"], metrics["worst_f1"]) == (7, seven["f1"])
+    f1 = [row["f1"] for row in metrics["per_class"]]
+    assert metrics["macro_f1"] == pytest.approx(sum(f1) / 10, abs=1e-6)
+    flat = flat_metrics(metrics)
+    assert len(flat) == 5 + 30 and flat["eval/f1_7"] == seven["f1"]
+    assert flat["eval/worst_digit"] == 7

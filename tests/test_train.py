@@ -10,14 +10,19 @@ import pytest
 from conftest import REPO
 
 from mnist_pipeline.config import ConfigError
-from mnist_pipeline.training.checkpoints import load_network
+from mnist_pipeline.stages import silence_known_noise
+from mnist_pipeline.training.checkpoints import load_network, read_checkpoint
+from mnist_pipeline.training.chunks import train_on_chunk
 from mnist_pipeline.training.curve import read_curve
 
 FIGURES = ("confusion_matrix", "misclassified", "first_layer_weights", "digit_walkthrough")
 
 
-def test_train_end_to_end_without_tracking(train_tiny, tmp_path):
+def test_train_end_to_end_without_tracking(train_tiny, tmp_path, caplog):
+    caplog.set_level("INFO")
     best_val_acc = train_tiny("logger=none", "model.hidden=32")
+    # The test result is said once (the report used to say it again).
+    assert sum(r.getMessage().startswith("test accuracy") for r in caplog.records) == 1
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -27,8 +32,13 @@ def test_train_end_to_end_without_tracking(train_tiny, tmp_path):
     curve = (run_dir / "reports" / "training_curve.csv").read_text().splitlines()
     assert curve[0] == "epoch,train_loss,train_acc,val_loss,val_acc" and len(curve) == 3
     metrics = json.loads((run_dir / "reports" / "metrics.json").read_text())
+    assert list(metrics) == ["accuracy", "loss", "macro_f1", "worst_f1", "worst_digit"]
     assert metrics["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-6)
-    assert set(metrics["per_class"]) == {str(d) for d in range(10)}
+    per_class = json.loads((run_dir / "reports" / "per_class.json").read_text())
+    assert [row["digit"] for row in per_class] == list(range(10))
+    f1 = [row["f1"] for row in per_class]
+    assert metrics["macro_f1"] == pytest.approx(sum(f1) / 10, abs=1e-5)
+    assert (metrics["worst_f1"], metrics["worst_digit"]) == (min(f1), f1.index(min(f1)))
     for name in (*FIGURES, "training_curves"):
         assert (run_dir / "reports" / "figures" / f"{name}.png").stat().st_size > 1000
     net, run_id = load_network(run_dir / "checkpoints" / "best.ckpt")
@@ -179,3 +189,56 @@ print((p.argmax(1) == labels.numpy()).mean(), run.data.metrics["test/acc"])
     assert scored.returncode == 0, scored.stderr[-3000:]
     served, logged = map(float, scored.stdout.split())
     assert served == pytest.approx(logged, abs=1e-6) and served > 0.5
+
+
+# What a run printed and no user can act on (Lightning's lines, torch's and Lightning's warnings).
+NOISE = (
+    "Restoring states from the checkpoint",
+    "Loaded model weights",
+    "TPU available: False",
+    "weights_only",
+    "litlogger",
+    "LeafSpec",
+)
+
+
+def test_the_console_counts_batches_and_holds_nothing_to_learn_to_ignore(train_tiny, capfd, caplog):
+    silence_known_noise()  # as every entry point does
+    caplog.set_level("INFO")
+    # 500 training images in batches of 50: 10 batches an epoch, in chunks of 4, 4 and 2.
+    train_tiny(
+        "logger=none",
+        "report=false",
+        "trainer.max_epochs=1",
+        "data.chunk_size=200",
+        "trainer.enable_progress_bar=true",
+        "trainer.enable_model_summary=true",
+    )
+    console = "".join(capfd.readouterr()).replace("\r", "\n") + caplog.text
+    assert [line for line in console.splitlines() if any(n in line for n in NOISE)] == [], console
+    epoch = [line for line in console.splitlines() if line.startswith("Epoch 0:")]
+    counts = [line.split("|")[2].split()[0] for line in epoch if "%|" in line]
+    assert list(dict.fromkeys(counts)) == ["0/10", "4/10", "8/10", "10/10"]  # not 1/3, 2/3, 3/3
+    assert "v_num" not in console
+
+
+def test_ctrl_c_saves_its_checkpoint_quietly(train_tiny, tmp_path, capfd, caplog, monkeypatch):
+    import mnist_pipeline.training.classifier as classifier
+
+    chunks = []
+
+    def interrupted(*args):
+        chunks.append(1)
+        if len(chunks) == 5:  # the second chunk of the second epoch (3 chunks of 4, 4, 2)
+            raise KeyboardInterrupt
+        return train_on_chunk(*args)
+
+    monkeypatch.setattr(classifier, "train_on_chunk", interrupted)
+    silence_known_noise()
+    caplog.set_level("INFO")
+    with pytest.raises(SystemExit) as stop:
+        train_tiny("logger=none", "data.chunk_size=200")
+    assert stop.value.code == 130
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 14
+    console = "".join(capfd.readouterr()) + caplog.text
+    assert [noise for noise in NOISE if noise in console] == []

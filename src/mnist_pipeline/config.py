@@ -24,6 +24,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mnist_pipeline.networks import ArgumentError
 
+# MNIST's training file (data.files pins its content): the validation images come from it.
+MNIST_TRAIN_IMAGES = 60_000
+
 # Keys of a part's config that the pipeline fills in when they are null (see `parts`).
 RUN_DIR_KEYS = ("save_dir", "dirpath")
 
@@ -94,11 +97,17 @@ def _describe(error: OmegaConfBaseException) -> str:
 
 
 def _data_problems(cfg: DictConfig) -> list[str]:
-    return [
+    problems = [
         f"data.{key}={cfg.data[key]}: expected a positive integer"
-        for key in ("batch_size", "eval_batch_size", "chunk_size", "val_size")
+        for key in ("batch_size", "eval_batch_size", "chunk_size")
         if cfg.data[key] <= 0
     ]
+    if not 0 < cfg.data.val_size < MNIST_TRAIN_IMAGES:
+        problems.append(
+            f"data.val_size={cfg.data.val_size}: expected 1 to {MNIST_TRAIN_IMAGES - 1} "
+            f"(validation images, taken from the {MNIST_TRAIN_IMAGES} training images)"
+        )
+    return problems
 
 
 def _trainer_problems(cfg: DictConfig) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data.download import fetch
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.training.chunks import Chunks
@@ -124,8 +125,8 @@ class MNISTDataModule(pl.LightningDataModule):
         # On a GPU the data lives there for the whole run: no host-to-device copy per batch.
         keep_on = device if device.type == "cuda" else torch.device("cpu")
         images, labels = self._load("train")
-        if not 0 < self.val_size < len(labels):
-            raise ValueError(
+        if not 0 < self.val_size < len(labels):  # data files other than MNIST's (tests)
+            raise ConfigError(
                 f"data.val_size={self.val_size} must be between 1 and {len(labels) - 1} "
                 f"(the training file has {len(labels)} samples)"
             )

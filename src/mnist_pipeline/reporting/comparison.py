@@ -141,11 +141,12 @@ def markdown(summaries: Mapping[str, Summary]) -> str:
 class ActivationComparison(Callback):
     """At the end of a sweep: the figure and table of its jobs' validation curves.
 
-    Written to `<sweep dir>/activation_comparison.{png,md}`, to `output` (relative to the
-    repository root; None: not) with its `.md` beside it, and into the sweep's parent MLflow run.
+    Written to `<sweep dir>/activation_comparison.{png,md}` and into the sweep's parent MLflow
+    run; copied to `output` (relative to the repository root) with its `.md` beside it only when
+    asked: the README's copy is in git, and a run must not change the checkout.
     """
 
-    def __init__(self, output: str | None = f"reports/{NAME}.png") -> None:
+    def __init__(self, output: str | None = None) -> None:
         self.output = output
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

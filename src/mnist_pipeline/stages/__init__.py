@@ -2,28 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
 import logging
+import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+
+import hydra
+from hydra.errors import (
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+    SearchPathException,
+)
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from mnist_pipeline.config import UserError
 
 Result = TypeVar("Result")
 
 
+# Lightning's INFO lines that no user can act on.
+LIGHTNING_NOISE = (
+    # Its advertisement for its cloud logger, on every Trainer.
+    "litlogger",
+    # No GPU or TPU here: Lightning warns of one that is there and not used.
+    "GPU available: False",
+    "TPU available: False",
+    # Loading the best weights before each test (the test line names the checkpoint); a resume
+    # still says "Restored all states from the checkpoint at ...".
+    "Restoring states from the checkpoint path at",
+    "Loaded model weights from the checkpoint at",
+)
+
+
 def silence_known_noise() -> None:
     """Hide what every run printed and no user can act on, at its source.
 
-    - Lightning's advertisement for its cloud logger (an INFO line on every Trainer).
+    - Lightning's `LIGHTNING_NOISE` lines.
     - torch's deprecation of `LeafSpec`, which Lightning's own pytree helper still uses.
+    - Lightning's advice to log epoch values with `sync_dist=True` under DDP: ours are
+      torchmetrics' `compute()`, already all-reduced over the ranks (`Classifier._log_epoch`).
     """
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
+        lambda record: not any(noise in record.getMessage() for noise in LIGHTNING_NOISE)
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist")
 
 
 def user_errors_exit_2(stage: Callable[..., Result]) -> Callable[..., Result]:
@@ -41,3 +71,88 @@ def user_errors_exit_2(stage: Callable[..., Result]) -> Callable[..., Result]:
             sys.exit(2)
 
     return run
+
+
+def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
+    """`@hydra.main` of a `src/*.py` script on `conf/<config_name>.yaml`, where every mistake of
+    the user's is `error:` lines and exit status 2: an override Hydra cannot compose (a key or
+    an option that does not exist, bad syntax) and what the stage refuses (`UserError`)."""
+
+    def decorate(stage: Callable[[DictConfig], Any]) -> Callable[[], None]:
+        # "../conf" is relative to the script: Hydra finds it through `__wrapped__`.
+        main = hydra.main(version_base="1.3", config_path="../conf", config_name=config_name)(
+            user_errors_exit_2(stage)
+        )
+
+        @functools.wraps(stage)
+        def run() -> None:
+            with _composition_errors_exit_2():
+                main()
+
+        return run
+
+    return decorate
+
+
+# What Hydra raises when the command line or a config cannot be composed.
+COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
+
+
+@contextlib.contextmanager
+def _composition_errors_exit_2() -> Iterator[None]:
+    """Hydra reports a composition error in `run_and_report` as a block of lines and exit status
+    1, and offers no hook: it runs composition, `--cfg` and the task through that one function,
+    so wrapping it here is the one place that sees those errors (in multirun jobs too) and nothing
+    else. HYDRA_FULL_ERROR=1 still gets Hydra's full trace."""
+    from hydra._internal import utils
+
+    report = utils.run_and_report
+
+    def run_and_report(func: Callable[[], Result]) -> Result:
+        def composed() -> Result:
+            try:
+                return func()
+            except COMPOSITION_ERRORS as error:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"error: {_describe_composition_error(error)}", file=sys.stderr)
+                sys.exit(2)
+
+        return report(composed)
+
+    utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        utils.run_and_report = report
+
+
+def _describe_composition_error(error: Exception) -> str:
+    """One line for what Hydra could not compose, naming the override."""
+    cause = error.__cause__
+    if isinstance(error, MissingConfigException) and error.options:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option; choose one of {', '.join(error.options)}"
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        return _unknown_key(cause.full_key, cause.parent_node)
+    if isinstance(error, OverrideParseException):
+        return f"{error.override}: {error.message.splitlines()[0]}"
+    # Anything else: Hydra's own sentences, without the config search path it appends.
+    lines = str(error).split("\nConfig search path:")[0].splitlines()
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
+def _unknown_key(key: str, parent: Any) -> str:
+    """`key=value: no such key`, with the close match or the keys beside it."""
+    # The override as typed (`model.x=1` for the key `model`); the key if no override names it.
+    typed = key
+    for override in (arg.lstrip("+~") for arg in sys.argv[1:]):
+        if f"{override.split('=')[0]}.".startswith(f"{key}."):
+            typed = override
+    group, _, name = key.rpartition(".")
+    siblings = [k for k in parent.keys() if k != "hydra"] if isinstance(parent, DictConfig) else []
+    close = difflib.get_close_matches(name, siblings, n=1)
+    if close:
+        return f"{typed}: no such key; did you mean {group + '.' if group else ''}{close[0]}?"
+    beside = f" ({group or 'the config'} has {', '.join(siblings)})" if siblings else ""
+    return f"{typed}: no such key{beside}; +{typed} adds it"

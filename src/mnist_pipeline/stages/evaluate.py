@@ -30,6 +30,7 @@ def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, Any]:
     images, labels = datamodule.test
     reports = Path(ckpt_path).resolve().parent.parent / "reports"
     metrics, written = write_report(net, images, labels, reports)
+    log.info("test accuracy %.4f, loss %.4f (%s)", metrics["accuracy"], metrics["loss"], ckpt_path)
     settings = mlflow_settings(cfg)
     if run_id and settings is not None:
         logger = instantiate(settings, run_id=run_id, save_dir=str(reports.parent))

@@ -29,6 +29,7 @@ from mnist_pipeline.parts import (
 from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.search.trial import TrialPruning, current_trial
 from mnist_pipeline.stages.outputs import held, output_dir
+from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import MLflowLogger
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
 from mnist_pipeline.training.checkpoints import (
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float:
     """Fit on train/val, test the best checkpoint, report; returns the best validation accuracy."""
     cfg = validate(cfg)
+    if rank_zero_only.rank == 0:
+        warn_if_params_stale()  # the DVC stage: is params.yaml what conf/ says?
     resume = resume_from(cfg.ckpt_path)
     # A resumed training goes on where it was: same output directory, same MLflow run.
     out = resume.parent.parent if resume and not cfg.paths.output_dir else output_dir(cfg)
@@ -74,7 +77,8 @@ def train(cfg: DictConfig) -> float:
             with sigterm_stops(), ending_run(mlflow):
                 pl.seed_everything(cfg.seed, workers=True, verbose=False)
                 model = build_classifier(cfg)
-                log.info("model: %s; output: %s", describe(model.net), out)
+                if rank_zero_only.rank == 0:  # once, not once per DDP process
+                    log.info("model: %s; output: %s", describe(model.net), out)
                 best_val_acc = _fit_test_report(cfg, model, out, resume, loggers, mlflow)
         except SIGTERMException as stop:
             # Lightning stops on SIGTERM with a bare SystemExit (exit status 0): say "killed".
@@ -130,7 +134,6 @@ def _fit_test_report(
     # Loads the best weights into `model`: the report and the logged model are the best.
     with ctrl_c_exits_130(trainer):
         (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-    log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
     summary = {
         "best_val_acc": float(best_score),
         "test_acc": test["test/acc"],
@@ -139,6 +142,7 @@ def _fit_test_report(
     }
     if not trainer.is_global_zero:
         return summary["best_val_acc"]
+    log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
     atomic_write_text(reports / "train_metrics.json", json.dumps(summary, indent=2) + "\n")
     images, labels = (tensor.cpu() for tensor in datamodule.test)
     net = model.net.cpu().eval()

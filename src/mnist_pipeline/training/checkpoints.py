@@ -107,7 +107,8 @@ class CheckpointOnInterrupt(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if trainer.training:
-            trainer.save_checkpoint(self.path)
+            # A full checkpoint (optimizer, loops): what a resume needs.
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
