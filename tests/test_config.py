@@ -149,6 +149,19 @@ def test_what_hydra_cannot_compose_is_one_line_and_exit_2(cli, script, args, mes
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
 
 
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ("train", "ckpt_path=nowhere.ckpt: no such checkpoint"),
+        ("evaluate", "does not exist"),
+    ],
+)
+def test_a_missing_checkpoint_is_one_line_and_exit_2(cli, script, message):
+    result = cli(script, "ckpt_path=nowhere.ckpt")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
+
+
 def test_a_sweep_job_that_cannot_compose_is_one_line_and_exit_2(cli, tmp_path):
     result = cli("train", "-m", f"hydra.sweep.dir={tmp_path}", "logger=none", "model.hiden=1,2")
     assert result.returncode == 2

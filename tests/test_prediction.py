@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.networks.mlp import MLP
 from mnist_pipeline.prediction.predict import load_predictor, render_probabilities
-from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
+from mnist_pipeline.training.checkpoints import AtomicCheckpointIO, CheckpointError
 from mnist_pipeline.training.classifier import Classifier
 
 # "  7 ███████▍ 0.912  <- guess": digit, bar, probability
@@ -85,7 +85,7 @@ def test_exactly_one_model_source(sources: dict[str, str]) -> None:
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(CheckpointError, match="missing.ckpt does not exist"):
         load_predictor(ckpt_path=tmp_path / "missing.ckpt")
 
 

@@ -249,7 +249,7 @@ def resume_from(ckpt_path: str | None) -> Path | None:
         return find_last(Path("outputs"))
     path = resolve_path(PROJECT_ROOT, ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint ({path})")
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint ({path})")
     return path
 
 

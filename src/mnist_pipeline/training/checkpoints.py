@@ -116,7 +116,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     the checksum saved in it; a `CheckpointError` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as error:
