@@ -83,6 +83,16 @@ def study_of(tmp_path, name="mnist-mlp"):
     )
 
 
+def trials_so_far(tmp_path):
+    """The trials of the search's study, none while the search has not created it yet."""
+    if not (tmp_path / "optuna.journal").exists():
+        return []
+    try:
+        return study_of(tmp_path).trials
+    except KeyError:  # the journal exists, the study is not in it yet
+        return []
+
+
 @pytest.mark.slow
 def test_pruning_stops_hopeless_trials_and_mlflow_shows_them(tiny_run, tmp_path):
     tiny_run(
@@ -137,10 +147,10 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_pat
     deadline = time.monotonic() + 120
     while True:  # until a trial is complete and the next one has trained an epoch
         assert process.poll() is None and time.monotonic() < deadline, "search ended early"
-        if (tmp_path / "optuna.journal").exists():
-            *_, last = trials = study_of(tmp_path).trials
-            done = any(t.state == TrialState.COMPLETE for t in trials)
-            if done and last.state == TrialState.RUNNING and last.intermediate_values:
+        trials = trials_so_far(tmp_path)
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            last = trials[-1]
+            if last.state == TrialState.RUNNING and last.intermediate_values:
                 break
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
