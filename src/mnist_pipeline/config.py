@@ -11,7 +11,7 @@ spot, so that their own argument checks run too (building them costs millisecond
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,3 +222,24 @@ def resolve_path(root: Path, path: str | Path) -> Path:
     """`path` as given if absolute, else relative to the project root."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else root / path
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"model.hidden": 128, ...}, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+_ABSENT = object()  # a key on one side only
+
+
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The dotted keys (`flatten`) whose values differ between two nested configs, sorted."""
+    a, b = flatten(a), flatten(b)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key, _ABSENT) != b.get(key, _ABSENT))

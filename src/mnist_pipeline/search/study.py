@@ -7,7 +7,6 @@ missing, and processes sharing a study stop together at n.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import socket
@@ -23,7 +22,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from mnist_pipeline.processes import alive
+from mnist_pipeline.processes import alive, exclusive
 
 log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
@@ -58,12 +57,8 @@ def claim_lock(location: str) -> Iterator[bool]:
     if "://" in path:
         yield False
         return
-    with open(f"{path}.claim.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive(f"{path}.claim.lock"):
+        yield True
 
 
 def fail_orphans(study: optuna.Study, locked: bool = True) -> list[int]:

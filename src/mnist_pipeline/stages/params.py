@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -14,9 +13,9 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import OmegaConf
 
 from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline.config import differing_keys
 
 log = logging.getLogger(__name__)
-ABSENT = object()  # a key on one side only
 
 
 def params_drift(params: Path, conf: Path) -> list[str]:
@@ -31,19 +30,7 @@ def params_drift(params: Path, conf: Path) -> list[str]:
     finally:
         restore_gh_from_backup(running)
     expected = OmegaConf.to_container(composed, resolve=True)
-    return _differences(expected, OmegaConf.to_container(OmegaConf.load(params)))
-
-
-def _differences(expected: Any, actual: Any, key: str = "") -> list[str]:
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        return [
-            difference
-            for name in dict.fromkeys([*expected, *actual])
-            for difference in _differences(
-                expected.get(name, ABSENT), actual.get(name, ABSENT), f"{key}.{name}".lstrip(".")
-            )
-        ]
-    return [] if expected == actual else [key]
+    return differing_keys(expected, OmegaConf.to_container(OmegaConf.load(params)))
 
 
 def warn_if_params_stale(root: Path = PROJECT_ROOT) -> None:

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_text
-from mnist_pipeline.config import ConfigError, resolve_path, validate
+from mnist_pipeline.config import ConfigError, differing_keys, flatten, resolve_path, validate
 from mnist_pipeline.parts import (
     build_callbacks,
     build_classifier,
@@ -213,26 +213,12 @@ def sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"model.hidden": 128, ...}, the form MLflow params take."""
-    flat: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def check_resumable(saved: Mapping[str, Any], cfg: DictConfig, path: Path) -> None:
     """Refuse to resume a checkpoint into a differently configured model (it would load)."""
-    configured = flatten(part_configs(cfg))
-    before = flatten(saved)
+    configured, before = flatten(part_configs(cfg)), flatten(saved)
     differences = [
         f"{key}: checkpoint {before.get(key)}, config {configured.get(key)}"
-        for key in sorted(set(before) | set(configured))
-        if before.get(key) != configured.get(key)
+        for key in differing_keys(before, configured)
     ]
     if differences:
         raise ConfigError(

@@ -19,7 +19,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from mnist_pipeline import PROJECT_ROOT, repository_root
-from mnist_pipeline.processes import alive
+from mnist_pipeline.processes import alive, exclusive
 from mnist_pipeline.tracking.outbox import (
     UNSENT_DIR,
     Outbox,
@@ -61,16 +61,8 @@ def store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive(uri.removeprefix("sqlite:///") + ".lock"):
+        yield
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
