@@ -240,6 +240,8 @@ _ABSENT = object()  # a key on one side only
 
 
 def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """The dotted keys (`flatten`) whose values differ between two nested configs, sorted."""
+    """The dotted keys (`flatten`) whose values differ between two nested configs, in the order
+    of `a`, then of the keys only `b` has."""
     a, b = flatten(a), flatten(b)
-    return sorted(key for key in a.keys() | b.keys() if a.get(key, _ABSENT) != b.get(key, _ABSENT))
+    keys = dict.fromkeys([*a, *b])
+    return [key for key in keys if a.get(key, _ABSENT) != b.get(key, _ABSENT)]

@@ -218,7 +218,7 @@ def check_resumable(saved: Mapping[str, Any], cfg: DictConfig, path: Path) -> No
     configured, before = flatten(part_configs(cfg)), flatten(saved)
     differences = [
         f"{key}: checkpoint {before.get(key)}, config {configured.get(key)}"
-        for key in differing_keys(before, configured)
+        for key in sorted(differing_keys(before, configured))
     ]
     if differences:
         raise ConfigError(
