@@ -72,7 +72,10 @@ def test_records_are_kept_once_the_store_is_out_of_reach_and_synced_in_order(
     assert outbox.offline
     lines = (tmp_path / "run" / UNSENT_DIR / RECORDS).read_text().splitlines()
     assert json.loads(lines[0]) == {"tracking_uri": dead_uri, "run_id": run_id}
-    assert [json.loads(line) for line in lines[1:]] == records(tmp_path, run_id)
+    # The artifact from outside the run folder is kept as a copy inside it.
+    expected = records(tmp_path, run_id)
+    expected[3]["artifact"] = f"{UNSENT_DIR}/files/curve.csv"
+    assert [json.loads(line) for line in lines[1:]] == expected
     with pytest.raises(TrackingError, match=r"5 records of run .* src/sync.py .*run"):
         outbox.check_sent()
 
@@ -128,7 +131,8 @@ def test_a_kept_model_is_logged_by_sync(tmp_path, sqlite_run, dead_server):
     model = Probabilities(MLP(hidden=8)).eval()
     example = torch.rand(3, 28, 28)
     outbox = Outbox(dead_server[0], tmp_path / UNSENT_DIR, run_id)
-    outbox.post(dead_server[1], {"model": model, "example": example})
+    network = {"_target_": "mnist_pipeline.networks.mlp.MLP", "hidden": 8}
+    outbox.post(dead_server[1], {"model": model, "network": network, "example": example})
     assert (tmp_path / UNSENT_DIR / MODEL_FILE).is_file()
 
     sync(tmp_path, tracking_uri=uri)

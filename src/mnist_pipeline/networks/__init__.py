@@ -11,6 +11,11 @@ is wrong; the config check reports it as `model.<argument>` before any data is l
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,3 +56,106 @@ class Probabilities(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.network(pixels).softmax(dim=-1)
+
+
+class UntrustedNetworkError(ValueError):
+    """A network config read from a file that names something other than a network."""
+
+
+def build_from_file(config: Any, source: str | Path) -> nn.Module:
+    """The network of a model config read from a file (a checkpoint, kept MLflow records).
+
+    Such a config is data, not code: anyone can write a `.ckpt`, and its checksum is no
+    signature. `hydra.utils.instantiate` calls whatever `_target_` names, and Hydra only blocks
+    a few callables like `os.system`. So every `_target_` in it, nested ones too, must name a
+    `torch.nn.Module` subclass, checked before anything is built; `UntrustedNetworkError`,
+    naming `source` and the target, otherwise.
+    """
+    from hydra.utils import instantiate
+
+    if not isinstance(config, dict) or "_target_" not in config:
+        raise UntrustedNetworkError(f"{source}: the saved model config names no network class")
+    for key, value in _walk(config, "model"):
+        if key.endswith("._target_"):
+            _check_network_class(value, key, source)
+        elif key.endswith("._partial_") and value:
+            raise UntrustedNetworkError(f"{source}: {key}=true is not allowed in a saved network")
+        elif isinstance(value, str) and "${" in value:
+            # Saved resolved: an interpolation can only have been written in by hand.
+            raise UntrustedNetworkError(f"{source}: {key}={value!r}: no interpolations allowed")
+    try:
+        return instantiate(config)
+    except Exception as error:  # the class's own check of its arguments, wrapped by Hydra
+        reason = str(error.__cause__ or error).strip().splitlines()[-1]
+        raise UntrustedNetworkError(
+            f"{source}: the saved network cannot be built ({reason})"
+        ) from None
+
+
+def _walk(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf and every `_target_` in a nested config."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _walk(item, f"{key}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _walk(item, f"{key}[{index}]")
+    else:
+        yield key, value
+
+
+def _check_network_class(target: Any, key: str, source: str | Path) -> None:
+    """Refuse `target` unless it is a `torch.nn.Module` subclass that can be imported without
+    running code the user did not choose: from a package already loaded (torch, this one) or a
+    module of this repository (a user's network in `src/`). Importing any other installed
+    module would run its top-level code on the file's say-so."""
+    refused = f"{source}: {key}={target!r}"
+    if (
+        not isinstance(target, str)
+        or not target
+        or not all(part.isidentifier() for part in target.split("."))
+    ):
+        raise UntrustedNetworkError(f"{refused} is not a class path")
+    if not _importable_safely(target.split(".")[0]):
+        raise UntrustedNetworkError(
+            f"{refused}: module {target.split('.')[0]!r} is neither loaded nor part of this "
+            "project; refusing to import it"
+        )
+    found = _locate(target)
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        what = "not found" if found is None else f"a {type(found).__name__}"
+        raise UntrustedNetworkError(f"{refused} is {what}, not a torch.nn.Module subclass")
+
+
+def _importable_safely(top: str) -> bool:
+    if top in sys.modules:
+        return True
+    from mnist_pipeline import repository_root
+
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: finds, runs nothing
+    except (ImportError, ValueError):
+        return False
+    places = [spec.origin] if spec and spec.origin else []
+    places += list(spec.submodule_search_locations or []) if spec else []
+    # The repository's own code, not what is installed (a `.venv` may lie inside it).
+    installed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    root = repository_root()
+    return bool(places) and all(
+        (path := Path(place).resolve()).is_relative_to(root) and not installed & {*path.parents}
+        for place in places
+    )
+
+
+def _locate(path: str) -> Any:
+    """The object at dotted `path` (modules imported as needed), or None."""
+    parts = path.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            found = getattr(found, name, None)
+        return found
+    return None

@@ -156,7 +156,8 @@ def _fit_test_report(
         if cfg.report:
             log_report(mlflow, metrics, reports, written)
         if mlflow.log_pyfunc:
-            mlflow.log_pyfunc_model(net, images[:5].float() / 255.0)
+            network = OmegaConf.to_container(cfg.model, resolve=True)
+            mlflow.log_pyfunc_model(net, network, images[:5].float() / 255.0)
     return summary["best_val_acc"]
 
 

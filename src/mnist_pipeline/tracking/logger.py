@@ -375,12 +375,16 @@ class MLflowLogger(MLFlowLogger):
         self._now({"artifact": str(path), "dir": artifact_dir})
 
     @rank_zero_only
-    def log_pyfunc_model(self, net: nn.Module, example: Tensor) -> None:
-        """An MLflow model: pixels (N, 28, 28) float32 in [0, 1] -> probabilities (N, 10)."""
+    def log_pyfunc_model(self, net: nn.Module, config: Mapping[str, Any], example: Tensor) -> None:
+        """An MLflow model: pixels (N, 28, 28) float32 in [0, 1] -> probabilities (N, 10).
+
+        `config` is the model config `net` was built from: if the store is out of reach, the
+        model is kept as that config and the weights (see `Outbox._keep`)."""
         from mnist_pipeline.networks import Probabilities
 
         model = Probabilities(net).cpu().eval()
-        self._now({"model": model, "example": example.detach().cpu().float()})
+        example = example.detach().cpu().float()
+        self._now({"model": model, "network": dict(config), "example": example})
 
 
 class _WhenCreated:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,13 @@ from mnist_pipeline.config import UserError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 UNSENT_DIR = "mlflow-unsent"
 RECORDS = "records.jsonl"
 MODEL_FILE = "model.pt"
+FILES = "files"  # artifacts from outside the run folder, copied in
 # One request to an http(s) server may keep a training waiting at most ~20 s: 3 tries of 5 s
 # and 1-2 s between them (MLflow's defaults: 8 tries of 120 s, minutes apart). After one
 # failure the outbox asks no more. And no "View run at" lines (one more request each, printed
@@ -159,10 +162,7 @@ class Outbox:
         elif "model" in record:
             model, example = record["model"], record.get("example")
             if isinstance(model, str):  # kept on disk: see _keep
-                import torch
-
-                saved = torch.load(self.folder / model, weights_only=False)
-                model, example = saved["model"], saved["example"]
+                model, example = self._kept_model()
             from mnist_pipeline.tracking.models import log_model
 
             log_model(self.uri, self.run_id, model, example)
@@ -176,13 +176,23 @@ class Outbox:
         if "model" in record and not isinstance(record["model"], str):
             import torch
 
-            torch.save(record, self.folder / MODEL_FILE)  # a pickled module, as MLflow keeps it
-            record = {"model": MODEL_FILE}
-        if "artifact" in record and Path(record["artifact"]).is_relative_to(self.folder.parent):
-            record = {
-                **record,
-                "artifact": str(Path(record["artifact"]).relative_to(self.folder.parent)),
+            # Tensors and plain data only, never a pickled module: a run folder is read back as
+            # data (`_kept_model`), and may have come from anyone.
+            kept = {
+                "network": record["network"],
+                "state_dict": record["model"].network.state_dict(),
+                "example": record["example"],
             }
+            torch.save(kept, self.folder / MODEL_FILE)
+            record = {"model": MODEL_FILE}
+        if "artifact" in record:
+            # Kept relative to the run folder (it may move), and only files inside it are ever
+            # read back (`_kept`): a file from elsewhere is copied in first.
+            path, run = Path(record["artifact"]), self.folder.parent
+            if not path.resolve().is_relative_to(run.resolve()):
+                (self.folder / FILES).mkdir(exist_ok=True)
+                path = Path(shutil.copy2(path, self.folder / FILES / path.name))
+            record = {**record, "artifact": str(path.relative_to(run))}
         fresh = not self.file.exists()
         with open(self.file, "a", encoding="utf-8") as file:
             if fresh:
@@ -192,23 +202,54 @@ class Outbox:
             os.fsync(file.fileno())
 
     def _kept(self) -> Iterator[Record]:
+        """The kept records, each checked to name only files of its own run folder."""
         if self.file is None or not self.file.is_file():
             return
         lines = self.file.read_text(encoding="utf-8").splitlines()[1:]
+        run = self.folder.parent.resolve()
         for number, line in enumerate(lines, 2):
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError:  # cut short by a crash while appending: the last one
                 log.warning("%s:%d: a record cut short, left out", self.file, number)
+                continue
+            if not isinstance(record, dict):
+                raise UserError(f"{self.file}:{number}: not an MLflow record")
+            if "model" in record and record["model"] != MODEL_FILE:
+                raise UserError(f"{self.file}:{number}: a kept model must be {MODEL_FILE}")
+            if "artifact" in record:
+                path = Path(str(record["artifact"]))
+                if path.is_absolute() or not (run / path).resolve().is_relative_to(run):
+                    raise UserError(
+                        f"{self.file}:{number}: artifact {path} lies outside the run folder {run}"
+                    )
+            yield record
+
+    def _kept_model(self) -> tuple[nn.Module, Tensor]:
+        """The model `_keep` wrote: its network rebuilt from the saved config, checked as a
+        checkpoint's is (`build_from_file`), and its weights; plus the input example."""
+        import torch
+
+        from mnist_pipeline.networks import Probabilities, UntrustedNetworkError, build_from_file
+
+        path = self.folder / MODEL_FILE
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            net = build_from_file(saved["network"], path)
+            net.load_state_dict(saved["state_dict"])
+            return Probabilities(net).eval(), saved["example"]
+        except UntrustedNetworkError as error:
+            raise UserError(str(error)) from None
+        except Exception as error:  # unreadable, not a dict, weights of another network
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise UserError(f"{path}: not a model kept by this pipeline ({reason})") from None
 
     def _rewrite(self, records: list[Record]) -> None:
         if records:
             header = {"tracking_uri": self.uri, "run_id": self.run_id}
             atomic_write_text(self.file, "".join(json.dumps(r) + "\n" for r in [header, *records]))
         else:
-            for path in (self.file, self.folder / MODEL_FILE):
-                path.unlink(missing_ok=True)
-            self.folder.rmdir()
+            shutil.rmtree(self.folder)
 
 
 def open_kept(folder: Path, tracking_uri: str | None = None) -> Outbox:

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from mnist_pipeline.atomic import atomic_write_bytes
 from mnist_pipeline.config import UserError
+from mnist_pipeline.networks import UntrustedNetworkError, build_from_file
 
 RUN_ID_KEY = "mlflow_run_id"
 CHECKSUM_KEY = "content_sha256"
@@ -135,10 +135,18 @@ def load_network(path: str | Path) -> tuple[nn.Module, str | None]:
     """The network saved in `path` (in eval mode) and the MLflow run that trained it, if any.
 
     The network is rebuilt from the model config saved with it, so any network of the `model`
-    group loads, as long as its class is importable.
+    group loads, as long as its class is importable; a config naming anything but a network
+    class is refused before anything is built (`build_from_file`).
     """
     checkpoint = read_checkpoint(path)
-    net = instantiate(checkpoint["hyper_parameters"]["parts"]["model"])
+    try:
+        config = checkpoint["hyper_parameters"]["parts"]["model"]
+    except (KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {path} has no model config") from None
+    try:
+        net = build_from_file(config, f"checkpoint {path}")
+    except UntrustedNetworkError as error:
+        raise CheckpointError(str(error)) from None
     prefix = "net."
     net.load_state_dict(
         {
