@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO, mlflow_runs
 
 from mnist_pipeline.data.idx import load_images_and_labels
-from mnist_pipeline.reporting.evaluation import predict, score
+from mnist_pipeline.reporting.evaluation import logits_of, score
 from mnist_pipeline.training.checkpoints import load_network
 
 
@@ -51,7 +51,7 @@ def test_ddp_on_two_cpu_processes(tiny_run, tmp_path, monkeypatch):
     images, labels = load_images_and_labels(
         data / "t10k-images-idx3-ubyte", data / "t10k-labels-idx1-ubyte"
     )
-    single_process = score(predict(model, images), labels)
+    single_process = score(logits_of(model, images), labels)
     assert summary["test_acc"] == pytest.approx(single_process["accuracy"], abs=1e-6)
     assert runs[0].data.metrics["test/acc"] == pytest.approx(single_process["accuracy"], abs=1e-6)
     # One Hydra output directory: the second rank wrote into the first one's.

@@ -119,3 +119,14 @@ def test_score_summarises_and_tables_the_digits() -> None:
     flat = flat_metrics(metrics)
     assert len(flat) == 5 + 30 and flat["eval/f1_7"] == seven["f1"]
     assert flat["eval/worst_digit"] == 7
+
+
+def test_the_report_loss_is_the_training_cross_entropy_even_for_a_diverged_network() -> None:
+    # Logits of a diverged network: the true class 400 below the guess. Its softmax probability
+    # is 0 in float32, so a loss from probabilities would be capped (-log 1e-12 = 27.6).
+    logits = torch.zeros(4, 10)
+    logits[:, 3] = 400.0
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    assert float(loss) == pytest.approx(300.0, rel=1e-4)
+    assert score(logits, labels)["loss"] == pytest.approx(float(loss), rel=1e-6)

@@ -34,6 +34,8 @@ def test_train_end_to_end_without_tracking(train_tiny, tmp_path, caplog):
     metrics = json.loads((run_dir / "reports" / "metrics.json").read_text())
     assert list(metrics) == ["accuracy", "loss", "macro_f1", "worst_f1", "worst_digit"]
     assert metrics["accuracy"] == pytest.approx(summary["test_acc"], abs=1e-6)
+    # Both the training's cross-entropy of the logits, from one checkpoint: one test loss.
+    assert metrics["loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
     per_class = json.loads((run_dir / "reports" / "per_class.json").read_text())
     assert [row["digit"] for row in per_class] == list(range(10))
     f1 = [row["f1"] for row in per_class]

@@ -18,7 +18,7 @@ from torchmetrics.functional.classification import (
 )
 
 from mnist_pipeline.atomic import atomic_write_text
-from mnist_pipeline.networks import IMAGE_SIZE, NUM_CLASSES, Probabilities
+from mnist_pipeline.networks import IMAGE_SIZE, NUM_CLASSES
 from mnist_pipeline.reporting import figures
 from mnist_pipeline.training.curve import read_curve
 
@@ -33,20 +33,27 @@ SCORES = {
 
 
 @torch.inference_mode()
-def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """Softmax probabilities (N, 10) of `net` (in eval mode) for uint8 images (N, 28, 28)."""
-    model = Probabilities(net).eval()
-    return torch.cat([model(chunk.float() / 255.0) for chunk in images.split(batch_size)])
+def logits_of(net: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Logits (N, 10) of `net` (in eval mode) for uint8 images (N, 28, 28)."""
+    net = net.eval()
+    return torch.cat([net(chunk.float() / 255.0) for chunk in images.split(batch_size)])
 
 
-def score(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+def predict(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (N, 10) of `net`, as its MLflow model gives them."""
+    return logits_of(net, images).softmax(dim=-1)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Accuracy, loss, macro F1, the worst digit and its F1, and `per_class`: one row of
-    precision/recall/F1 (torchmetrics) per digit."""
-    predicted = probabilities.argmax(dim=-1)
-    log_likelihood = probabilities.gather(1, labels[:, None]).clamp_min(1e-12).log()
-    columns = {
-        name: fn(probabilities, labels, NUM_CLASSES, average=None) for name, fn in SCORES.items()
-    }
+    precision/recall/F1 (torchmetrics) per digit.
+
+    The loss is the training's cross-entropy of the logits, so it equals the test loss of the
+    training (`test/loss`); from the softmax probabilities it would be capped wherever a
+    probability rounds to 0 (a diverged network: 24 there against 409).
+    """
+    predicted = logits.argmax(dim=-1)
+    columns = {name: fn(logits, labels, NUM_CLASSES, average=None) for name, fn in SCORES.items()}
     per_class = [
         {
             "digit": digit,
@@ -57,7 +64,7 @@ def score(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     worst = min(per_class, key=lambda row: row["f1"])
     return {
         "accuracy": round(float((predicted == labels).float().mean()), 6),
-        "loss": round(float(-log_likelihood.mean()), 6),
+        "loss": round(float(torch.nn.functional.cross_entropy(logits, labels)), 6),
         "macro_f1": round(float(columns["f1"].mean()), 6),
         "worst_f1": worst["f1"],
         "worst_digit": worst["digit"],
@@ -87,10 +94,10 @@ def write_report(
 
     Returns the metrics and the written figure paths.
     """
-    net = net.eval()
-    probabilities = predict(net, images)
-    metrics = score(probabilities, labels)
-    predicted = probabilities.argmax(dim=-1)
+    outputs = logits_of(net, images)
+    metrics = score(outputs, labels)
+    probabilities = outputs.softmax(dim=-1)
+    predicted = outputs.argmax(dim=-1)
     # metrics.json is DVC's (a column each in `dvc exp show`): the summary only; the table of
     # 10 digits x 3 scores is a plot (bars of F1 per digit).
     summary = {key: value for key, value in metrics.items() if key != "per_class"}
