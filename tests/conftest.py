@@ -294,7 +294,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
         monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)
         monkeypatch.setattr(logging.root, "handlers", logging.root.handlers[:])
         try:
-            runpy.run_path(f"src/{script}.py", run_name="__main__")
+            runpy.run_path(str(REPO / "src" / f"{script}.py"), run_name="__main__")
             code = 0
         except SystemExit as stop:
             code = stop.code

@@ -3,9 +3,14 @@
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 # The repository root (this file is src/mnist_pipeline/__init__.py): where relative paths in the
 # configs point, and where the default MLflow store lives.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# `${project_root:}` in conf/ (Hydra's output directories): outputs/ of this repository wherever
+# a command runs from. Hydra's own `${hydra:runtime.cwd}` would be the working directory.
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
 def repository_root() -> Path:

@@ -85,6 +85,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
     problems = _data_problems(checked) + _trainer_problems(checked) + _part_problems(checked)
+    problems += _device_problems(checked)
     if problems:
         raise ConfigError("\n".join(problems))
     return checked
@@ -138,14 +139,25 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _device_problems(cfg: DictConfig) -> list[str]:
+    """A GPU asked for where there is none: Lightning's own error is a traceback."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return [
+            f"trainer.accelerator={accelerator}: this machine has no CUDA GPU that torch can "
+            "use (torch.cuda.is_available() is False); train on the CPU with trainer=default"
+        ]
+    return []
+
+
 def _part_problems(cfg: DictConfig) -> list[str]:
     problems = _target_problems(cfg.model, "model", nn_module=True)
     if not problems:
         problems += _built(lambda: instantiate(cfg.model), "model")
     optimizer_problems = _target_problems(cfg.optimizer, "optimizer", skip=1)
-    lr = (cfg.optimizer or {}).get("lr")
-    if isinstance(lr, (int, float)) and lr <= 0:
-        optimizer_problems.append(f"optimizer.lr={lr}: expected a positive learning rate")
+    lr = (cfg.optimizer or {}).get("lr", 1.0)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf"):
+        optimizer_problems.append(f"optimizer.lr={lr!r}: expected a positive learning rate")
     problems += optimizer_problems
     optimizer: list[torch.optim.Optimizer] = []
     if not optimizer_problems:

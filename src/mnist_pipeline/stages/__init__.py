@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import functools
 import logging
 import os
+import re
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
@@ -56,9 +60,10 @@ def silence_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist")
 
 
-def user_errors_exit_2(stage: Callable[..., Result]) -> Callable[..., Result]:
-    """Runs an entry point's stage: a config or file the pipeline refuses is the user's
-    mistake, not a crash, so its lines and exit status 2; and without the known noise."""
+def one_line_errors(stage: Callable[..., Result]) -> Callable[..., Result]:
+    """Runs an entry point's stage without the known noise. A config or file the pipeline
+    refuses is the user's mistake, not a crash: its lines and exit status 2. The machine
+    running out of memory or disk is one line naming the first cause, and exit status 1."""
 
     @functools.wraps(stage)
     def run(*args: Any, **kwargs: Any) -> Result:
@@ -68,9 +73,56 @@ def user_errors_exit_2(stage: Callable[..., Result]) -> Callable[..., Result]:
         except UserError as error:
             for line in str(error).splitlines():
                 print(f"error: {line}", file=sys.stderr)
+            _remove_unused_output_dir()
             sys.exit(2)
+        except Exception as error:
+            reason = out_of_resources(error)
+            if reason is None:
+                raise
+            print(f"error: {reason}", file=sys.stderr)
+            sys.exit(1)
 
     return run
+
+
+def out_of_resources(error: BaseException) -> str | None:
+    """One line for the first out-of-memory or disk-full error in `error`'s chain, else None.
+
+    The first cause, because a failure can cause others on its way out (a checkpoint that
+    cannot be saved after an allocation failed)."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        # As Python shows a chain: `raise ... from None` hides the context.
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    for cause in reversed(chain):
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if isinstance(cause, MemoryError) or "can't allocate memory" in message:
+            size = re.search(r"allocate (\d+) bytes", message)
+            failed = f"of {int(size[1]):,} bytes ({int(size[1]) / 2**30:.1f} GiB) " if size else ""
+            return f"out of memory: an allocation {failed}failed"
+        if type(cause).__name__ == "OutOfMemoryError":  # torch's, on a GPU
+            return f"out of GPU memory: {message}"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"no space left on the disk to write {cause.filename or 'a file'}"
+    return None
+
+
+def _remove_unused_output_dir() -> None:
+    """A refused command leaves nothing behind: its Hydra output directory goes when it holds
+    nothing but Hydra's own config and log (never a directory with anything else in it, such
+    as the repository root that DVC's stages run in)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    out = Path(hydra.runtime.output_dir)
+    own = {hydra.output_subdir, f"{hydra.job.name}.log"}
+    if out.is_dir() and {path.name for path in out.iterdir()} <= own:
+        shutil.rmtree(out)
+        with contextlib.suppress(OSError):
+            out.parent.rmdir()  # the day's folder, if this was its only run
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
@@ -81,7 +133,7 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
     def decorate(stage: Callable[[DictConfig], Any]) -> Callable[[], None]:
         # "../conf" is relative to the script: Hydra finds it through `__wrapped__`.
         main = hydra.main(version_base="1.3", config_path="../conf", config_name=config_name)(
-            user_errors_exit_2(stage)
+            one_line_errors(stage)
         )
 
         @functools.wraps(stage)

@@ -233,7 +233,7 @@ def resume_from(ckpt_path: str | None) -> Path | None:
     if not ckpt_path:
         return None
     if ckpt_path == "last":
-        return find_last(Path("outputs"))
+        return find_last(PROJECT_ROOT / "outputs")
     path = resolve_path(PROJECT_ROOT, ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint ({path})")

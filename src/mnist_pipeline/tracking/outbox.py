@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tracking-uri", help="send to this store instead of the run's own")
     args = parser.parse_args(argv)
-    folders = args.runs or find_kept(Path("outputs"))
+    from mnist_pipeline import PROJECT_ROOT
+
+    folders = args.runs or find_kept(PROJECT_ROOT / "outputs")
     if not folders:
         print("nothing to send: no run under outputs/ keeps unsent MLflow records")
     for folder in folders:

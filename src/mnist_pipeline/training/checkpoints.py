@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from mnist_pipeline.atomic import atomic_write_bytes
 from mnist_pipeline.config import UserError
 from mnist_pipeline.networks import UntrustedNetworkError, build_from_file
 
+log = logging.getLogger(__name__)
 RUN_ID_KEY = "mlflow_run_id"
 CHECKSUM_KEY = "content_sha256"
 
@@ -106,9 +108,14 @@ class CheckpointOnInterrupt(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.training:
+        if not trainer.training:
+            return
+        try:
             # A full checkpoint (optimizer, loops): what a resume needs.
             trainer.save_checkpoint(self.path, weights_only=False)
+        except Exception as error:
+            # Out of memory or disk, saving fails in turn: the first cause is the one to tell.
+            log.warning("could not save %s on the way out: %s", self.path, error)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -162,5 +169,8 @@ def find_last(outputs: Path) -> Path:
     """The newest `last.ckpt` under `outputs` (what `ckpt_path=last` resumes)."""
     candidates = sorted(outputs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {outputs}")
+        raise CheckpointError(
+            f"ckpt_path=last: no run to resume yet (no checkpoints/last.ckpt under {outputs}); "
+            "start one with `python src/train.py`"
+        )
     return candidates[-1]

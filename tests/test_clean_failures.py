@@ -1,0 +1,134 @@
+"""Failures a user meets are one `error:` line naming the first cause, and leave nothing behind.
+
+The machine's limits are met for real: a disk filled by a tiny tmpfs mount (root only, else
+skipped) and an allocation the kernel refuses.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import REPO, _tiny_setup, mlflow_runs
+
+from mnist_pipeline.training.checkpoints import CheckpointError, find_last
+
+
+class AllocateTooMuch(pl.Callback):
+    """A training that runs out of memory at its third step: 10 TB, refused by the kernel."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= 3:
+            torch.empty(10**13, dtype=torch.uint8)
+
+
+def _run_dirs() -> set[Path]:
+    return set((REPO / "outputs").glob("*/*/*"))
+
+
+def test_outputs_go_to_the_repository_whatever_the_working_directory(
+    cli, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    result = cli("train", "--cfg", "hydra", "--resolve")
+    assert result.returncode == 0
+    assert f"dir: {REPO}/outputs/runs/" in result.stdout
+    assert f"dir: {REPO}/outputs/multirun/" in result.stdout
+
+
+def test_a_refused_command_leaves_nothing_behind(cli, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    before = _run_dirs()
+    result = cli("train", "model.hidden=0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: model.hidden=0: expected a positive integer")
+    assert _run_dirs() == before and list(tmp_path.iterdir()) == []
+
+
+def test_resuming_the_last_run_before_any_run_says_how_to_start_one(tmp_path):
+    with pytest.raises(CheckpointError) as error:
+        find_last(tmp_path / "outputs")
+    assert str(error.value) == (
+        f"ckpt_path=last: no run to resume yet (no checkpoints/last.ckpt under "
+        f"{tmp_path / 'outputs'}); start one with `python src/train.py`"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_asked_for_where_there_is_none_is_one_line(cli, tmp_path):
+    result = cli("train", "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: trainer.accelerator=gpu: this machine has no CUDA GPU that torch can use "
+        "(torch.cuda.is_available() is False); train on the CPU with trainer=default\n",
+    )
+
+
+def test_a_learning_rate_that_is_not_a_number_in_params_yaml_is_one_line(cli, tmp_path):
+    params = (REPO / "params.yaml").read_text()
+    assert "  lr: 0.001\n" in params
+    (tmp_path / "params.yaml").write_text(params.replace("  lr: 0.001\n", "  lr: abc\n"))
+    result = cli(
+        "train", "--config-dir", str(tmp_path), "--config-name", "params",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: optimizer.lr='abc': expected a positive learning rate\n",
+    )
+
+
+@pytest.fixture
+def tiny_cli_overrides(tmp_path, tiny_mnist, monkeypatch) -> list[str]:
+    """Overrides of a short quiet training on the tiny data, all of its output in tmp_path."""
+    return [
+        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "report=false",
+    ]
+
+
+def test_running_out_of_memory_mid_run_is_one_line_and_fails_the_mlflow_run(
+    cli, tiny_cli_overrides, tmp_path
+):
+    result = cli(
+        "train",
+        *tiny_cli_overrides,
+        "+callbacks.oom._target_=test_clean_failures.AllocateTooMuch",
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "error: out of memory: an allocation of 10,000,000,000,000 bytes (9313.2 GiB) failed"
+    )
+    assert "Traceback" not in result.stderr + result.stdout
+    (run,) = mlflow_runs(tmp_path)[1]
+    assert run.info.status == "FAILED"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB file system: room for the run's small files, not for a checkpoint."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_path(
+    cli, tiny_cli_overrides, full_disk
+):
+    result = cli(
+        "train", *tiny_cli_overrides, f"paths.output_dir={full_disk}", "logger=none",
+        "model.hidden=64",
+    )  # fmt: skip
+    assert result.returncode == 1
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"error: no space left on the disk to write {full_disk}/checkpoints/")
+    assert error.endswith(".ckpt")
+    assert "Traceback" not in result.stderr + result.stdout
