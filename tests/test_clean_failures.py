@@ -4,6 +4,7 @@ The machine's limits are met for real: a disk filled by a tiny tmpfs mount (root
 skipped) and an allocation the kernel refuses.
 """
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from conftest import REPO, _tiny_setup, mlflow_runs
 
+from mnist_pipeline.atomic import atomic_write_json
 from mnist_pipeline.training.checkpoints import CheckpointError, find_last
 
 
@@ -132,3 +134,12 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_path(
     assert error.startswith(f"error: no space left on the disk to write {full_disk}/checkpoints/")
     assert error.endswith(".ckpt")
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_reports_are_valid_json_even_when_a_training_diverged(tmp_path):
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    atomic_write_json(tmp_path / "m.json", {"loss": float("nan"), "acc": [float("inf"), 0.5]})
+    text = (tmp_path / "m.json").read_text()
+    assert json.loads(text, parse_constant=refuse) == {"loss": None, "acc": [None, 0.5]}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,3 +36,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> None:
+    """`data` as valid JSON: a NaN or infinite float (a diverged training's loss) is `null`,
+    where `json.dumps` would write `NaN`, which JSON readers (DVC's among them) reject."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    atomic_write_text(path, json.dumps(finite(data), indent=indent, allow_nan=False) + "\n")

@@ -3,7 +3,6 @@ figures."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from mnist_pipeline.atomic import atomic_write_text
+from mnist_pipeline.atomic import atomic_write_json
 from mnist_pipeline.networks import IMAGE_SIZE, NUM_CLASSES
 from mnist_pipeline.reporting import figures
 from mnist_pipeline.training.curve import read_curve
@@ -101,12 +100,11 @@ def write_report(
     # metrics.json is DVC's (a column each in `dvc exp show`): the summary only; the table of
     # 10 digits x 3 scores is a plot (bars of F1 per digit).
     summary = {key: value for key, value in metrics.items() if key != "per_class"}
-    atomic_write_text(reports / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    table = json.dumps(metrics["per_class"], indent=2) + "\n"
-    atomic_write_text(reports / "per_class.json", table)
+    atomic_write_json(reports / "metrics.json", summary)
+    atomic_write_json(reports / "per_class.json", metrics["per_class"])
     # DVC's confusion template reads one {actual, predicted} row per test image.
     rows = [{"actual": int(a), "predicted": int(p)} for a, p in zip(labels, predicted, strict=True)]
-    atomic_write_text(reports / "confusion.json", json.dumps(rows) + "\n")
+    atomic_write_json(reports / "confusion.json", rows, indent=None)
 
     pictures = reports / "figures"
     written = [pictures / "confusion_matrix.png", pictures / "misclassified.png"]

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.atomic import atomic_write_text
+from mnist_pipeline.atomic import atomic_write_json
 from mnist_pipeline.config import ConfigError, differing_keys, flatten, resolve_path, validate
 from mnist_pipeline.parts import (
     build_callbacks,
@@ -143,7 +143,7 @@ def _fit_test_report(
     if not trainer.is_global_zero:
         return summary["best_val_acc"]
     log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
-    atomic_write_text(reports / "train_metrics.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(reports / "train_metrics.json", summary)
     images, labels = (tensor.cpu() for tensor in datamodule.test)
     net = model.net.cpu().eval()
     written: list[Path] = []
