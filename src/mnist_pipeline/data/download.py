@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mnist_pipeline.config import UserError
 from mnist_pipeline.data.idx import decompress, parse_idx
 from mnist_pipeline.processes import alive
 
@@ -33,8 +34,18 @@ CHUNK = 1 << 20
 MIRROR_ENV = "MNIST_MIRROR"
 
 
-class DownloadError(RuntimeError):
-    """No mirror could supply a file whose decompressed content has the expected SHA-256."""
+class DownloadError(UserError):
+    """No mirror could supply a file whose decompressed content has the expected SHA-256.
+
+    One line (each mirror's failure is logged as it happens, and kept in `failures`)."""
+
+    def __init__(self, name: str, sha256: str, failures: list[str]) -> None:
+        self.failures = failures
+        tried = f"from any of {len(failures)} mirrors (see above)" if failures else "(no mirror)"
+        super().__init__(
+            f"could not fetch {name} (expected sha256 {sha256}) {tried}; set ${MIRROR_ENV} to "
+            "a directory or URL holding the MNIST files"
+        )
 
 
 def sha256_of(path: str | Path) -> str:
@@ -127,12 +138,8 @@ def _fetch_file(
             finally:
                 tmp.unlink(missing_ok=True)
         log.warning("%s: mirror %s failed: %s", path.name, mirror, "; ".join(reasons))
-        failures.append(f"  {mirror}: {'; '.join(reasons)}")
-
-    tried = "\n".join(failures) or f"  no mirrors given (set ${MIRROR_ENV} or pass mirrors)"
-    raise DownloadError(
-        f"could not fetch {path.name} (expected sha256 {sha256}) from any mirror:\n{tried}"
-    )
+        failures.append(f"{mirror}: {'; '.join(reasons)}")
+    raise DownloadError(path.name, sha256, failures)
 
 
 def _download(url: str, tmp: Path, timeout: float, progress: bool) -> int:
