@@ -177,6 +177,8 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_pat
     assert states[killed] == TrialState.FAIL  # the killed one does not count...
     assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) == 4
     assert len(trials) == 5  # ...and exactly one more trial replaced it
+    done = [tuple(sorted(t.params.items())) for t in trials if t.state != TrialState.FAIL]
+    assert len(set(done)) == len(done)  # the rerun's sampler did not replay the first points
 
     _, runs = mlflow_runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -86,7 +86,7 @@ class OptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from mnist_pipeline import repository_root
-        from mnist_pipeline.search.space import search_space
+        from mnist_pipeline.search.space import checked_search
         from mnist_pipeline.search.study import (
             best,
             claim,
@@ -98,8 +98,7 @@ class OptunaSweeper(Sweeper):
         from mnist_pipeline.search.trial import make_pruner
 
         s = self.settings
-        params = [f"{key}={value}" for key, value in (s.params or {}).items()]
-        space, fixed = search_space([*params, *arguments])
+        space, fixed = checked_search(s, arguments)
         location = storage_location(s.storage, repository_root())
         study = load(
             s.study_name,

@@ -23,6 +23,24 @@ from optuna.distributions import (
 from mnist_pipeline.config import ConfigError
 
 
+def checked_search(
+    settings: Any, arguments: list[str]
+) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """`search_space` of `hydra.sweeper.params` and the command line's `arguments`, after a
+    check of the counts of `hydra.sweeper` (its schema makes them integers): a `ConfigError`
+    for a count below 1 or an empty space. Checked before the sweep's parent MLflow run is
+    opened, too."""
+    problems = [
+        f"hydra.sweeper.{key}={settings[key]}: expected a whole number >= 1"
+        for key in ("n_trials", "n_jobs", "max_failures")
+        if settings[key] < 1
+    ]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    params = [f"{key}={value}" for key, value in (settings.params or {}).items()]
+    return search_space([*params, *arguments])
+
+
 def search_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
     """({key: distribution} of the sweeping overrides, {key: value} of the fixed ones)."""
     distributions: dict[str, BaseDistribution] = {}
@@ -37,7 +55,19 @@ def search_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], dic
 
 
 def distribution(override: Override) -> BaseDistribution:
-    """The Optuna distribution of one sweeping override (choice, range, interval)."""
+    """The Optuna distribution of one sweeping override (choice, range, interval); a
+    `ConfigError` naming it for a space with nothing in it (`range(5,5)`, `interval(1,0)`)."""
+    try:
+        return _distribution(override)
+    except ValueError as error:  # Optuna's own check: `low <= high` must hold, ...
+        raise ConfigError(
+            f"{override.input_line}: an empty search space "
+            f"({str(error).splitlines()[0].rstrip('.')}); expected a non-empty choice, range or "
+            "interval"
+        ) from None
+
+
+def _distribution(override: Override) -> BaseDistribution:
     value = override.value()
     integers = override.is_range_sweep() and not value.shuffle
     integers = integers and all(isinstance(n, int) for n in (value.start, value.stop, value.step))

@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    IntDistribution,
+)
 from optuna.pruners import BasePruner
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -29,6 +33,9 @@ JOURNAL = "optuna.journal"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 HOST_ATTR, PID_ATTR = "host", "pid"
 PRUNED_ATTR = "pruned_at_epoch"
+DUPLICATE_ATTR = "duplicate_of"
+# Proposals of tried points in a row before a space of choices counts as exhausted.
+MAX_ASKS = 100
 
 
 def storage_location(storage: str | None, root: Path) -> str:
@@ -81,6 +88,7 @@ def fail_orphans(study: optuna.Study, locked: bool = True) -> list[int]:
 def progress(study: optuna.Study) -> dict[str, int]:
     """How many trials are done (complete or pruned), pruned, running and failed."""
     trials = study.get_trials(deepcopy=False)
+    trials = [t for t in trials if DUPLICATE_ATTR not in t.user_attrs]  # never run
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     return {
         "done": count[TrialState.COMPLETE] + count[TrialState.PRUNED],
@@ -104,16 +112,65 @@ def claim(
             log.warning("trial %d was left running by a process that is gone: failed", number)
         state = progress(study)
         missing = n_trials - state["done"] - state["running"]
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if any(trial.user_attrs.get(PID_ATTR) != os.getpid() for trial in running):
-            # Another process works on the study with the same seeded sampler: without a
-            # fresh seed both would try the same points.
+        if any(t.user_attrs.get(PID_ATTR) != os.getpid() for t in study.get_trials(deepcopy=False)):
+            # Trials of another process (an earlier command, or one sharing the study): the
+            # sampler, seeded as theirs was, would propose their points again.
             study.sampler.reseed_rng()
-        trials = [study.ask(space) for _ in range(max(0, min(batch, missing)))]
-        for trial in trials:
+        trials = []
+        for _ in range(max(0, min(batch, missing))):
+            trial = ask_untried(study, space)
+            if trial is None:
+                break
             trial.set_user_attr(HOST_ATTR, socket.gethostname())
             trial.set_user_attr(PID_ATTR, os.getpid())
+            trials.append(trial)
         return trials
+
+
+def ask_untried(study: optuna.Study, space: dict[str, BaseDistribution]) -> Trial | None:
+    """A new trial whose params no finished or running trial of the study has had; None when
+    the space has no such point left (a space of choices and ranges, all tried).
+
+    A sampler may propose a point again (TPE over a few choices does); such a trial is told
+    FAIL at once, marked `duplicate_of`, and not counted as a failure (`progress`).
+    """
+    tried = {
+        _point(t.params): t.number
+        for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+    }
+    size = _size(space)
+    for _ in range(MAX_ASKS):
+        if size is not None and len(tried) >= size:
+            break
+        trial = study.ask(space)
+        twin = tried.get(_point(trial.params))
+        if twin is None:
+            return trial
+        trial.set_user_attr(DUPLICATE_ATTR, twin)
+        study.tell(trial, state=TrialState.FAIL)
+    log.warning(
+        "the search space is exhausted: %s points tried (%d asks in a row gave tried points)",
+        len(tried),
+        MAX_ASKS,
+    )
+    return None
+
+
+def _point(params: dict[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def _size(space: dict[str, BaseDistribution]) -> int | None:
+    """How many points a space of choices and integer ranges has; None for a continuous one."""
+    size = 1
+    for dist in space.values():
+        if isinstance(dist, CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            size *= (dist.high - dist.low) // dist.step + 1
+        else:
+            return None
+    return size
 
 
 def was_pruned(study: optuna.Study, number: int) -> bool:

@@ -138,8 +138,12 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
 
         @functools.wraps(stage)
         def run() -> None:
-            with _composition_errors_exit_2():
-                main()
+            try:
+                with _composition_errors_exit_2():
+                    main()
+            except BaseException as error:
+                _end_open_sweep(error)
+                raise
 
         return run
 
@@ -169,6 +173,10 @@ def _composition_errors_exit_2() -> Iterator[None]:
                     raise
                 print(f"error: {_describe_composition_error(error)}", file=sys.stderr)
                 sys.exit(2)
+            except UserError as error:  # refused by a sweeper or a callback, outside any job
+                for line in str(error).splitlines():
+                    print(f"error: {line}", file=sys.stderr)
+                sys.exit(2)
 
         return report(composed)
 
@@ -177,6 +185,17 @@ def _composition_errors_exit_2() -> Iterator[None]:
         yield
     finally:
         utils.run_and_report = report
+
+
+def _end_open_sweep(error: BaseException) -> None:
+    """A multirun that stops before its end ends its parent MLflow run too: KILLED on Ctrl-C
+    or SIGTERM, FAILED otherwise (Hydra calls no callback then)."""
+    sweeps = sys.modules.get("mnist_pipeline.tracking.sweeps")  # loaded by a multirun only
+    code = error.code if isinstance(error, SystemExit) else None
+    if sweeps is None or code == 0:
+        return
+    killed = isinstance(error, KeyboardInterrupt) or code in (130, 143)
+    sweeps.SweepParentRun.end_open("KILLED" if killed else "FAILED")
 
 
 def _describe_composition_error(error: Exception) -> str:

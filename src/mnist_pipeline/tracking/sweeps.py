@@ -45,12 +45,32 @@ class SweepParentRun(HydraCallback):
     figures (optimization history, parameter importances).
     """
 
+    # The parent run of the multirun in progress in this process, if any (see `end_open`).
+    _open: SweepParentRun | None = None
+
     def __init__(self) -> None:
         self.client: Any = None
         self.run_id: str | None = None
 
+    @classmethod
+    def end_open(cls, status: str) -> None:
+        """End the parent run of a multirun that stopped before `on_multirun_end`."""
+        parent, cls._open = cls._open, None
+        if parent is not None and parent.run_id is not None:
+            parent.client.set_terminated(parent.run_id, status)
+            log.info("MLflow parent run %s: %s", parent.run_id, status)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         settings = mlflow_settings(config)
+        study = _study(config)
+        if study is not None:
+            from mnist_pipeline.config import ConfigError
+            from mnist_pipeline.search.space import checked_search
+
+            try:
+                checked_search(config.hydra.sweeper, list(config.hydra.overrides.task))
+            except ConfigError:
+                return  # the sweeper refuses it in one line: no parent run for it
         if settings is None:
             return
         from mlflow import MlflowClient
@@ -58,7 +78,6 @@ class SweepParentRun(HydraCallback):
         uri = resolve_tracking_uri(settings.get("tracking_uri"))
         check_server(uri)
         sweep_dir = Path(config.hydra.sweep.dir)
-        study = _study(config)
         with store_lock(uri):
             self.client = MlflowClient(uri)
             experiment = experiment_id(self.client, settings.get("experiment_name", "mnist"), uri)
@@ -74,6 +93,7 @@ class SweepParentRun(HydraCallback):
         self.client.set_tag(self.run_id, "hydra.sweep_dir", str(sweep_dir.resolve()))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.run_id)
+        SweepParentRun._open = self
         log.info("MLflow parent run %s for sweep %s", self.run_id, sweep_dir)
 
     def _find_study_run(self, experiment: str, name: str, location: str) -> str | None:
@@ -93,6 +113,7 @@ class SweepParentRun(HydraCallback):
         return run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepParentRun._open = None
         if self.run_id is None:
             return
         study = _study(config)
