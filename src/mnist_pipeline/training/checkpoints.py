@@ -19,6 +19,7 @@ from torch import nn
 from mnist_pipeline.atomic import atomic_write_bytes
 from mnist_pipeline.config import UserError
 from mnist_pipeline.networks import UntrustedNetworkError, build_from_file
+from mnist_pipeline.training.divergence import DivergedError
 
 log = logging.getLogger(__name__)
 RUN_ID_KEY = "mlflow_run_id"
@@ -108,8 +109,8 @@ class CheckpointOnInterrupt(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if not trainer.training:
-            return
+        if not trainer.training or isinstance(exception, DivergedError):
+            return  # a diverged network is not worth resuming: the last good one stays
         try:
             # A full checkpoint (optimizer, loops): what a resume needs.
             trainer.save_checkpoint(self.path, weights_only=False)

@@ -1,0 +1,50 @@
+"""Stop a training whose loss stopped being a number (`optimizer.lr=1000`).
+
+A NaN or infinite loss does not come back: every later step, epoch, checkpoint and report would
+be of a broken network, and the run would end "FINISHED" at chance accuracy. Lightning stops
+on a non-finite *monitored metric* at validation only (`EarlyStopping(check_finite=True)`), an
+epoch late and as a success; this stops at the step, as a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from mnist_pipeline.config import UserError
+
+
+class DivergedError(UserError):
+    """The training loss became NaN or infinite: one line, and the run FAILED."""
+
+
+class StopOnDivergence(pl.Callback):
+    """Raise `DivergedError` when the training loss is not finite, checked every
+    `check_every_n_batches` batches (each check waits for the device: 1 on a CPU costs nothing,
+    a GPU run may want 50). The checkpoints saved so far are kept; none of the broken network
+    is written (`CheckpointOnInterrupt` stands back)."""
+
+    def __init__(self, check_every_n_batches: int = 1) -> None:
+        if check_every_n_batches < 1:
+            raise ValueError(f"check_every_n_batches={check_every_n_batches}: expected >= 1")
+        self.every = check_every_n_batches
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor) or i % self.every:
+            return
+        # Decided together, so that no DDP rank goes on alone into the next all-reduce.
+        if not trainer.strategy.reduce_boolean_decision(
+            bool(torch.isfinite(loss.detach()).all()), all=True
+        ):
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else "?"
+            raise DivergedError(
+                f"the training diverged: its loss became {loss.item()} at epoch "
+                f"{trainer.current_epoch}, step {trainer.global_step}; lower optimizer.lr (it "
+                f"is {lr}); the checkpoints saved before are kept"
+            )
