@@ -14,9 +14,14 @@ from mnist_pipeline.stages import entry_point
 @entry_point("config")
 def main(cfg: DictConfig) -> None:
     data = validate(cfg).data
-    local = [str(resolve_path(PROJECT_ROOT, data.local_mirror))] if data.local_mirror else []
+    local = resolve_path(PROJECT_ROOT, data.local_mirror) if data.local_mirror else None
+    mirrors = [str(local)] if local else []
     fetch(
-        resolve_path(PROJECT_ROOT, data.dir), data.files, local + list(data.mirrors), data.timeout
+        resolve_path(PROJECT_ROOT, data.dir),
+        data.files,
+        mirrors + list(data.mirrors),
+        data.timeout,
+        pinned=local,
     )
 
 

@@ -266,3 +266,19 @@ def test_plain_file_served_under_gz_name_verifies(tiny_mnist, http_mirror, tmp_p
 
     assert_fetched(tmp_path / "dest", {IMAGES: sha256s[IMAGES]})
     assert url.requests == [IMAGES + ".gz"]
+
+
+def test_the_folder_data_dvc_pins_is_made_of_the_verified_files(tiny_mnist, tmp_path: Path):
+    """After the first download, `data/raw` holds what data.dvc pins (so `dvc status` after
+    `dvc repro` is clean, and `dvc push data.dvc` has something to push)."""
+    source, sha256s = tiny_mnist
+    dest, pinned = tmp_path / "mnist", tmp_path / "raw"
+    fetch(dest, sha256s, [str(source)], progress=False, pinned=pinned)
+    assert sorted(os.listdir(pinned)) == sorted(sha256s)
+    for name in sha256s:
+        assert os.path.samefile(pinned / name, dest / name)  # hard links: no second copy
+    # A folder that is there (pulled with dvc, or the user's) is left as it is.
+    (pinned / "note.txt").write_text("mine")
+    fetch(dest, sha256s, [str(source)], progress=False, pinned=pinned)
+    assert (pinned / "note.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -12,6 +12,7 @@ import http.client
 import logging
 import os
 import secrets
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -63,6 +64,7 @@ def fetch(
     mirrors: Sequence[str],
     timeout: float = 30.0,
     progress: bool = True,
+    pinned: str | Path | None = None,
 ) -> dict[str, Path]:
     """Make sure `dest` holds each file in `files` (name -> SHA-256 of decompressed content).
 
@@ -70,6 +72,9 @@ def fetch(
     are fetched from the first mirror that has them: `$MNIST_MIRROR` if set, then `mirrors`.
     A mirror is an http(s):// or file:// URL, or a directory; for each file it is asked for
     `name.gz`, then `name`. Returns name -> path in `dest`.
+
+    `pinned`: the folder that `data.dvc` pins (`data/raw`); when it does not exist, it is made
+    of the verified files (hard links), so that DVC finds what it pins, and can push it.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,27 @@ def fetch(
             log.warning("%s: present but its sha256 differs, fetching it again", path)
         _fetch_file(path, sha256.lower(), mirrors, timeout, progress)
         paths[name] = path
+    if pinned is not None and not Path(pinned).exists():
+        _pin(paths, Path(pinned))
     return paths
+
+
+def _pin(paths: Mapping[str, Path], folder: Path) -> None:
+    """`folder` made of the verified `paths` at once (a temp folder renamed into place)."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    tmp.mkdir(parents=True)
+    try:
+        for name, path in paths.items():
+            try:
+                os.link(path, tmp / name)
+            except OSError:  # another file system: a copy
+                shutil.copy2(path, tmp / name)
+        os.rename(tmp, folder)
+    except OSError as error:  # a parallel fetch made it first, or no room: DVC will say so
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.debug("%s not made: %s", folder, error)
+    else:
+        log.info("%s: the verified files, as data.dvc pins them", folder)
 
 
 def remove_stale_parts(dest: Path) -> None:
