@@ -21,6 +21,7 @@ from mnist_pipeline import repository_root
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.networks import Probabilities
 from mnist_pipeline.networks import describe as describe_network
+from mnist_pipeline.prediction.images import ImageError, load_digit
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 BAR_WIDTH = 40  # characters for probability 1
@@ -186,8 +187,6 @@ def answer(model: Model, paths: list[Path], as_json: bool = False, chart: bool =
     """Prints the model's guess for each picture: one line each (a JSON object with `as_json`),
     or the bar chart with `chart`; a picture that cannot be read gets an `error:` line on
     stderr and the others are still answered. Returns how many could not be read."""
-    from mnist_pipeline.prediction.images import ImageError, load_digit
-
     digits, readable = [], []
     for path in paths:
         try:
@@ -199,8 +198,8 @@ def answer(model: Model, paths: list[Path], as_json: bool = False, chart: bool =
         probabilities = model.predict(torch.stack(digits)).numpy()
         for path, p in zip(readable, probabilities, strict=True):
             if as_json:
-                probabilities = p.astype(float).round(5).tolist()
-                row = {"image": str(path), "guess": int(p.argmax()), "probabilities": probabilities}
+                rounded = p.astype(float).round(5).tolist()
+                row = {"image": str(path), "guess": int(p.argmax()), "probabilities": rounded}
                 print(json.dumps(row))
             elif chart:
                 print(render_probabilities(p))
