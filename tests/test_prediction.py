@@ -164,17 +164,24 @@ def test_predict_is_quick_and_needs_neither_lightning_nor_mlflow(
         "print(sorted({m.split('.')[0] for m in sys.modules} "
         "& {'pytorch_lightning', 'lightning', 'mlflow', 'torchmetrics'}))"
     )
-    start = time.monotonic()
+
+    def seconds(*command: str) -> float:
+        start = time.monotonic()
+        subprocess.run(command, cwd=PROJECT_ROOT, check=True, capture_output=True)
+        return time.monotonic() - start
+
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True
     )
-    seconds = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("guess: ")
     assert result.stdout.splitlines()[-1] == "[]"
-    # 3 s is the target on an idle 2-core CPU (about 2 s measured); a loaded test machine
-    # gets some slack.
-    assert seconds < 6, f"predict.py took {seconds:.1f} s"
+    # The target is 3 s on an idle 2-core CPU, of which importing torch takes about 1.1 s. A
+    # test machine's load stretches both alike: the rest (Hydra, loading, answering) must
+    # stay within 2 s of a bare `import torch` measured beside it.
+    torch_import = seconds(sys.executable, "-c", "import torch")
+    predict = seconds(sys.executable, "src/predict.py", f"ckpt_path={checkpoint}", f"image={digit}")
+    assert predict < torch_import + 2, f"predict.py {predict:.1f} s, torch {torch_import:.1f} s"
 
 
 def test_render_probabilities() -> None:
