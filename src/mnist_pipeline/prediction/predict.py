@@ -132,19 +132,14 @@ def _from_mlflow(model_uri: str) -> Model:
             test_accuracy = mlflow.MlflowClient().get_run(run_id).data.metrics.get("test/acc")
         except mlflow.exceptions.MlflowException:  # a model copied from another store
             pass
-    # The project's models are `Probabilities(network)` in the pytorch flavour: the network is
-    # inside, for its hidden layer. Other models answer through pyfunc alone.
-    try:
-        raw = model.get_raw_model()
-    except NotImplementedError:  # a flavour that does not expose its model
-        raw = None
-    network = raw.network if isinstance(raw, Probabilities) else None
 
     def predict(pixels: torch.Tensor) -> torch.Tensor:
         output = model.predict(pixels.float().numpy())
         return torch.as_tensor(np.asarray(output), dtype=torch.float32)
 
-    return Model(predict, network, model_uri, run_id, test_accuracy)
+    # No network: MLflow saves the pytorch flavour as an exported graph of plain `Module`s, in
+    # which the first dense layer cannot be told apart. The page then shows no hidden layer.
+    return Model(predict, None, model_uri, run_id, test_accuracy)
 
 
 def render_probabilities(probabilities: torch.Tensor | np.ndarray) -> str:
