@@ -184,6 +184,28 @@ def test_predict_is_quick_and_needs_neither_lightning_nor_mlflow(
     assert predict < torch_import + 2, f"predict.py {predict:.1f} s, torch {torch_import:.1f} s"
 
 
+@pytest.mark.slow
+def test_mlflow_models_by_run_and_by_alias(train_tiny, tmp_path: Path, digit: Path) -> None:
+    train_tiny("trainer.max_epochs=1", "report=false")  # MLflow logger on: a model is logged
+    checkpoint = load_model(ckpt_path=tmp_path / "run" / "checkpoints" / "best.ckpt")
+    pixels = load_digit(digit)[None]
+    import mlflow
+
+    client = mlflow.MlflowClient()  # the test's store ($MLFLOW_TRACKING_URI)
+    mlflow.register_model(f"runs:/{checkpoint.run_id}/model", "digits")
+    client.set_registered_model_alias("digits", "champion", "1")
+    for uri in (f"runs:/{checkpoint.run_id}/model", "models:/digits@champion"):
+        model = load_model(model_uri=uri)
+        assert (model.run_id, model.test_accuracy) == (checkpoint.run_id, checkpoint.test_accuracy)
+        assert model.describe() == (
+            f"an MLflow model; run {checkpoint.run_id}; "
+            f"test accuracy {checkpoint.test_accuracy:.1%}; {uri}"
+        )
+        torch.testing.assert_close(model.predict(pixels), checkpoint.predict(pixels))
+    with pytest.raises(UserError, match="cannot load MLflow model models:/digits@nobody"):
+        load_model(model_uri="models:/digits@nobody")
+
+
 def test_render_probabilities() -> None:
     probabilities = torch.zeros(10)
     probabilities[7], probabilities[1], probabilities[3] = 0.875, 0.0625, 0.0625
