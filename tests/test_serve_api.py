@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -169,3 +170,23 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_the_server_goes_on(serve) -
     detail = json.loads(reply.split("\r\n\r\n", 1)[1])["detail"]
     assert detail == "the picture is larger than 1 MB"
     assert post(url, drawing(), "image/png")[0] == 200
+
+
+def test_the_page_and_its_assets_are_served_locally(serve) -> None:
+    url = serve(_model(MLP(hidden=16)))
+    with urllib.request.urlopen(url, timeout=10) as response:
+        page = response.read().decode()
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sorted(assets) == ["static/draw.js", "static/style.css"]
+    for asset in assets:
+        with urllib.request.urlopen(url + asset, timeout=10) as response:
+            text = response.read().decode()
+        # Works offline: nothing is fetched from anywhere but this server.
+        assert not re.search(r"https?://|//[a-z]", text.replace("// ", "")), asset
+    with urllib.request.urlopen(url + "openapi.json", timeout=10) as response:
+        api = json.loads(response.read())
+    assert set(api["paths"]["/predict"]["post"]["requestBody"]["content"]) == {
+        "image/png",
+        "multipart/form-data",
+        "application/json",
+    }
