@@ -72,9 +72,9 @@ class Answerer:
     def __call__(self, digit: torch.Tensor) -> Prediction:
         hidden = None
         if self.hidden_layer is not None:
-            hidden, logits = hidden_and_logits(self.model.network, self.hidden_layer, digit[None])
+            caught, logits = hidden_and_logits(self.model.network, self.hidden_layer, digit[None])
             probabilities = logits.softmax(dim=-1)[0]
-            hidden = hidden[0].numpy().round(4).tolist()
+            hidden = caught[0].numpy().round(4).tolist()
         else:
             probabilities = self.model.predict(digit[None])[0]
         return Prediction(
