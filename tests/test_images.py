@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,43 @@ def test_transparent_background_counts_as_white_paper(tmp_path: Path) -> None:
     path = _seven(tmp_path / "seven.png", ink=(0, 0, 0, 255), paper=(0, 0, 0, 0), mode="RGBA")
     digit = load_digit(path).numpy()
     assert digit[0, 0] < 0.05 and digit.max() == pytest.approx(1)
+
+
+def test_white_stroke_on_transparent_canvas_is_a_digit(tmp_path: Path) -> None:
+    # What the drawing page's canvas gives: white ink, everything else fully transparent.
+    path = _seven(tmp_path / "seven.png", ink=(255, 255, 255, 255), paper=(0, 0, 0, 0), mode="RGBA")
+    on_canvas = load_digit(path)
+    on_paper = load_digit(_seven(tmp_path / "paper.png"))
+    assert (on_canvas - on_paper).abs().max() < 1e-6
+
+
+def test_pil_image_array_and_bytes_give_the_same_digit(tmp_path: Path) -> None:
+    path = _seven(tmp_path / "seven.png")
+    from_file = load_digit(path)
+    with Image.open(path) as image:
+        assert (load_digit(image) - from_file).abs().max() < 1e-6
+        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255
+    assert (load_digit(gray) - from_file).abs().max() < 1e-6
+    assert (load_digit(io.BytesIO(path.read_bytes())) - from_file).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.zeros((2, 28, 28)), "2-D array"),
+        (np.full((28, 28), 2.0), r"in \[0, 1\]"),
+        (np.full((28, 28), np.nan), r"in \[0, 1\]"),
+        (np.zeros((28, 28)), "empty"),
+    ],
+)
+def test_bad_arrays_are_named(array: np.ndarray, expected: str) -> None:
+    with pytest.raises(ImageError, match=f"drawing: .*{expected}"):
+        load_digit(array, name="drawing")
+
+
+def test_upload_bytes_that_are_not_an_image() -> None:
+    with pytest.raises(ImageError, match="upload: not an image"):
+        load_digit(io.BytesIO(b"<html>no</html>"), name="upload")
 
 
 def test_not_an_image(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mnist_pipeline.errors import UserError
 from mnist_pipeline.networks import ArgumentError
 
 # MNIST's training file (data.files pins its content): the validation images come from it.
@@ -29,10 +30,6 @@ MNIST_TRAIN_IMAGES = 60_000
 
 # Keys of a part's config that the pipeline fills in when they are null (see `parts`).
 RUN_DIR_KEYS = ("save_dir", "dirpath")
-
-
-class UserError(ValueError):
-    """Bad input from the user (a config value, a file): one line, exit status 2, no traceback."""
 
 
 class ConfigError(UserError):

@@ -159,3 +159,37 @@ def _locate(path: str) -> Any:
             found = getattr(found, name, None)
         return found
     return None
+
+
+def first_dense_layer(net: nn.Module) -> tuple[nn.Linear, nn.Module | None] | None:
+    """The first `Linear` over the 784 pixels and the activation module right after it, if any.
+
+    The weights and hidden-activation figures and the drawing page need such a layer: the MLP
+    has one, a CNN not.
+    """
+    modules = list(net.modules())
+    for index, module in enumerate(modules):
+        if isinstance(module, nn.Linear) and module.in_features == IMAGE_SIZE * IMAGE_SIZE:
+            after = modules[index + 1] if index + 1 < len(modules) else None
+            is_activation = after is not None and type(after).__module__ == nn.ReLU.__module__
+            return module, after if is_activation else None
+    return None
+
+
+@torch.inference_mode()
+def hidden_and_logits(
+    net: nn.Module, hidden_layer: nn.Module, pixels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`hidden_layer`'s output (caught by a forward hook) and the logits for `pixels`."""
+    caught: list[torch.Tensor] = []
+    hook = hidden_layer.register_forward_hook(lambda module, args, output: caught.append(output))
+    try:
+        logits = net(pixels)
+    finally:
+        hook.remove()
+    return caught[0], logits
+
+
+def describe(net: nn.Module) -> str:
+    """E.g. "MLP, 101,770 parameters"."""
+    return f"{type(net).__name__}, {sum(p.numel() for p in net.parameters()):,} parameters"

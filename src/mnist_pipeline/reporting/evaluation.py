@@ -17,7 +17,11 @@ from torchmetrics.functional.classification import (
 )
 
 from mnist_pipeline.atomic import atomic_write_json
-from mnist_pipeline.networks import IMAGE_SIZE, NUM_CLASSES
+from mnist_pipeline.networks import (
+    NUM_CLASSES,
+    first_dense_layer,
+    hidden_and_logits,
+)
 from mnist_pipeline.reporting import figures
 from mnist_pipeline.training.curve import read_curve
 
@@ -71,20 +75,6 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def first_dense_layer(net: nn.Module) -> tuple[nn.Linear, nn.Module | None] | None:
-    """The first `Linear` over the 784 pixels and the activation module right after it, if any.
-
-    The weights and hidden-activation figures need such a layer: the MLP has one, a CNN not.
-    """
-    modules = list(net.modules())
-    for index, module in enumerate(modules):
-        if isinstance(module, nn.Linear) and module.in_features == IMAGE_SIZE * IMAGE_SIZE:
-            after = modules[index + 1] if index + 1 < len(modules) else None
-            is_activation = after is not None and type(after).__module__ == nn.ReLU.__module__
-            return module, after if is_activation else None
-    return None
-
-
 def write_report(
     net: nn.Module, images: torch.Tensor, labels: torch.Tensor, reports: Path
 ) -> tuple[dict[str, Any], list[Path]]:
@@ -129,7 +119,7 @@ def write_report(
         figures.first_layer_weights_figure(layer.weight, written[-1])
         sample = _one_per_class(labels, WALKTHROUGH_DIGITS)
         pixels = images[sample] / 255.0
-        hidden, logits = _hidden_and_logits(net, activation or layer, pixels)
+        hidden, logits = hidden_and_logits(net, activation or layer, pixels)
         written.append(pictures / "digit_walkthrough.png")
         figures.digit_walkthrough_figure(
             pixels, hidden, logits, logits.softmax(dim=-1), labels[sample], written[-1]
@@ -145,20 +135,6 @@ def write_report(
 def _one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the first test image of each of the first `count` digits."""
     return torch.stack([(labels == digit).nonzero()[0, 0] for digit in range(count)])
-
-
-@torch.inference_mode()
-def _hidden_and_logits(
-    net: nn.Module, hidden_layer: nn.Module, pixels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`hidden_layer`'s output (caught by a forward hook) and the logits for `pixels`."""
-    caught: list[torch.Tensor] = []
-    hook = hidden_layer.register_forward_hook(lambda module, args, output: caught.append(output))
-    try:
-        logits = net(pixels)
-    finally:
-        hook.remove()
-    return caught[0], logits
 
 
 def flat_metrics(metrics: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:

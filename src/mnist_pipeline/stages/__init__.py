@@ -26,7 +26,7 @@ from hydra.errors import (
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from mnist_pipeline.config import UserError
+from mnist_pipeline.errors import UserError
 
 Result = TypeVar("Result")
 

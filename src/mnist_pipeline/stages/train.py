@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_json
 from mnist_pipeline.config import ConfigError, differing_keys, flatten, resolve_path, validate
+from mnist_pipeline.networks import describe
 from mnist_pipeline.parts import (
     build_callbacks,
     build_classifier,
@@ -238,8 +239,3 @@ def resume_from(ckpt_path: str | None) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint ({path})")
     return path
-
-
-def describe(net: Any) -> str:
-    """E.g. "MLP, 101,770 parameters"."""
-    return f"{type(net).__name__}, {sum(p.numel() for p in net.parameters()):,} parameters"
