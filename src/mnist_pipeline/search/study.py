@@ -8,8 +8,6 @@ missing, and processes sharing a study stop together at n.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +20,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from mnist_pipeline.processes import alive, exclusive
+from mnist_pipeline.processes import exclusive, gone, this_process
 
 log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
@@ -68,11 +66,10 @@ def fail_orphans(study: optuna.Study, locked: bool = True) -> list[int]:
     A trial without host and pid was asked for by a process killed before it could tag it:
     with the claim lock `locked`, no live process can be in that step.
     """
-    host = socket.gethostname()
     orphans = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner, pid = trial.user_attrs.get(HOST_ATTR), trial.user_attrs.get(PID_ATTR)
-        if (owner == host and not alive(pid)) or (owner is None and locked):
+        host, pid = trial.user_attrs.get(HOST_ATTR), trial.user_attrs.get(PID_ATTR)
+        if (host is not None and gone(pid, host)) or (host is None and locked):
             study.tell(trial.number, state=TrialState.FAIL)
             orphans.append(trial.number)
     return orphans
@@ -104,15 +101,16 @@ def claim(
             log.warning("trial %d was left running by a process that is gone: failed", number)
         state = progress(study)
         missing = n_trials - state["done"] - state["running"]
+        host, pid = this_process()
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if any(trial.user_attrs.get(PID_ATTR) != os.getpid() for trial in running):
+        if any(trial.user_attrs.get(PID_ATTR) != pid for trial in running):
             # Another process works on the study with the same seeded sampler: without a
             # fresh seed both would try the same points.
             study.sampler.reseed_rng()
         trials = [study.ask(space) for _ in range(max(0, min(batch, missing)))]
         for trial in trials:
-            trial.set_user_attr(HOST_ATTR, socket.gethostname())
-            trial.set_user_attr(PID_ATTR, os.getpid())
+            trial.set_user_attr(HOST_ATTR, host)
+            trial.set_user_attr(PID_ATTR, pid)
         return trials
 
 

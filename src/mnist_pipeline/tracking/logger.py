@@ -19,7 +19,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from mnist_pipeline import PROJECT_ROOT, repository_root
-from mnist_pipeline.processes import alive, exclusive
+from mnist_pipeline.processes import exclusive, gone, this_process
 from mnist_pipeline.tracking.outbox import (
     UNSENT_DIR,
     Outbox,
@@ -127,7 +127,8 @@ def _hydra() -> Any:
 def process_tags() -> dict[str, str]:
     """The host and pid of the process writing a run: a run left RUNNING by a process that is
     gone can be told from one still training (`mark_orphans`)."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    host, pid = this_process()
+    return {HOST_TAG: host, PID_TAG: str(pid)}
 
 
 def mark_orphans(client: MlflowClient, experiment: str, keep: str) -> list[str]:
@@ -139,7 +140,7 @@ def mark_orphans(client: MlflowClient, experiment: str, keep: str) -> list[str]:
     orphans = []
     for run in runs:
         pid = run.data.tags.get(PID_TAG, "")
-        if run.info.run_id != keep and pid.isdigit() and not alive(int(pid)):
+        if run.info.run_id != keep and pid.isdigit() and gone(int(pid), host):
             client.set_tag(run.info.run_id, "mnist.ended_by", f"a later run: pid {pid} was gone")
             client.set_terminated(run.info.run_id, "KILLED")
             orphans.append(run.info.run_id)
