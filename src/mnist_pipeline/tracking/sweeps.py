@@ -12,6 +12,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
 from mnist_pipeline import repository_root
+from mnist_pipeline.search import STORAGE_TAG, STUDY_TAG
 from mnist_pipeline.tracking.logger import (
     PARENT_RUN_FILE,
     check_server,
@@ -101,9 +102,6 @@ class SweepParentRun(HydraCallback):
             finished = log_study(self.client, self.run_id, *study, config.hydra.sweeper.n_trials)
         if finished:  # else another process still runs trials of the study: it ends the run
             self.client.set_terminated(self.run_id, "FINISHED")
-
-
-STUDY_TAG, STORAGE_TAG = "mnist.study", "mnist.study_storage"
 
 
 def _study(config: DictConfig) -> tuple[str, str] | None:
