@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mnist_pipeline.processes import Timeout, exclusive, gone, this_process
+from mnist_pipeline.processes import Timeout, exclusive, gone, lock_beside, this_process
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -98,3 +98,18 @@ def test_processes_taking_turns_lose_no_update(tmp_path):
     ]
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
     assert counter.read_text() == "100"
+
+
+@pytest.mark.parametrize("form", ["path", "sqlite"])
+def test_a_local_store_is_locked_beside_its_file_and_a_server_not(tmp_path, form):
+    database = tmp_path / "mlflow.db"
+    store = str(database) if form == "path" else f"sqlite:///{database}"
+    with lock_beside(store, ".lock") as held:
+        assert held
+        with pytest.raises(Timeout):  # another holder (here: a second lock object) waits
+            with exclusive(tmp_path / "mlflow.db.lock", timeout=0):
+                pass
+    with exclusive(tmp_path / "mlflow.db.lock", timeout=0):
+        pass
+    with lock_beside("postgresql://user@127.0.0.1:5432/db", ".lock") as held:
+        assert not held

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 from filelock import FileLock, Timeout
 
-__all__ = ["Timeout", "exclusive", "gone", "this_process"]
+__all__ = ["Timeout", "exclusive", "gone", "lock_beside", "this_process"]
 
 
 def this_process() -> tuple[str, int]:
@@ -40,3 +42,15 @@ def exclusive(lock_file: str | Path, timeout: float = -1) -> FileLock:
     of one machine take turns; the system releases it when its holder dies. `timeout` seconds
     (-1: forever, 0: no wait) before `Timeout` is raised."""
     return FileLock(lock_file, timeout=timeout)
+
+
+@contextmanager
+def lock_beside(store: str, suffix: str) -> Iterator[bool]:
+    """Hold the lock file `<file><suffix>` beside a local store (a file path or a `sqlite:///`
+    URL); a database server has no such place: no lock. Yields whether the lock is held."""
+    path = store.removeprefix("sqlite:///")
+    if "://" in path:
+        yield False
+        return
+    with exclusive(path + suffix):
+        yield True

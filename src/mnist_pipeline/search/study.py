@@ -8,8 +8,6 @@ missing, and processes sharing a study stop together at n.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from mnist_pipeline.processes import exclusive, gone, this_process
+from mnist_pipeline.processes import gone, lock_beside, this_process
 
 log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
@@ -43,20 +41,6 @@ def open_storage(location: str) -> BaseStorage:
         return optuna.storages.RDBStorage(location)
     Path(location).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(location))
-
-
-@contextmanager
-def claim_lock(location: str) -> Iterator[bool]:
-    """One process at a time counts a study's trials and asks for new ones, so that processes
-    sharing it never start more than n. A lock file beside a journal or sqlite file; a
-    database server has no such place (two processes may then overshoot by a trial).
-    Yields whether the lock is held."""
-    path = location.removeprefix("sqlite:///") if location.startswith("sqlite:///") else location
-    if "://" in path:
-        yield False
-        return
-    with exclusive(f"{path}.claim.lock"):
-        yield True
 
 
 def fail_orphans(study: optuna.Study, locked: bool = True) -> list[int]:
@@ -96,7 +80,10 @@ def claim(
 ) -> list[Trial]:
     """Up to `batch` new trials, as many as the study still misses of `n_trials`, counting
     the ones running elsewhere; each tagged with this host and pid (see `fail_orphans`)."""
-    with claim_lock(location) as locked:
+    # One process at a time counts the trials and asks for new ones, so that processes sharing
+    # the study never start more than n. A database server has no place for the lock file (two
+    # processes may then overshoot by a trial).
+    with lock_beside(location, ".claim.lock") as locked:
         for number in fail_orphans(study, locked):
             log.warning("trial %d was left running by a process that is gone: failed", number)
         state = progress(study)
