@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -126,10 +125,17 @@ def process_tags() -> dict[str, str]:
     return {HOST_TAG: host, PID_TAG: str(pid)}
 
 
+def reopen(client: MlflowClient, run_id: str) -> None:
+    """Run `run_id` goes on in this process: RUNNING, with this process's host and pid."""
+    for key, value in process_tags().items():
+        client.set_tag(run_id, key, value)
+    client.update_run(run_id, status="RUNNING")
+
+
 def mark_orphans(client: MlflowClient, experiment: str, keep: str) -> list[str]:
     """End KILLED the runs of `experiment` left RUNNING by a process of this host that no longer
     exists (kill -9, a power cut); `keep` is the caller's own run. Returns their ids."""
-    host = socket.gethostname()
+    host, _ = this_process()
     running = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
     runs = client.search_runs([experiment], filter_string=running)
     orphans = []
@@ -272,9 +278,7 @@ class MLflowLogger(MLFlowLogger):
         if self._resumed:
             status = client.get_run(self._run_id).info.status
             self.resumed_status = self.outbox.replay(client) or status
-            for key, value in process_tags().items():
-                client.set_tag(self._run_id, key, value)
-            client.update_run(self._run_id, status="RUNNING")
+            reopen(client, self._run_id)
         else:
             log.info("MLflow run %s (%s) in %s", self._run_id, self._run_name, self.uri)
         for orphan in mark_orphans(client, self._experiment_id, keep=self._run_id):

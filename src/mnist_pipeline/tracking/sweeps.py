@@ -18,6 +18,7 @@ from mnist_pipeline.tracking.logger import (
     check_server,
     experiment_id,
     process_tags,
+    reopen,
     resolve_tracking_uri,
     store_lock,
 )
@@ -88,9 +89,7 @@ class SweepParentRun(HydraCallback):
         if not found:
             return None
         run_id = found[0].info.run_id
-        for key, value in process_tags().items():
-            self.client.set_tag(run_id, key, value)
-        self.client.update_run(run_id, status="RUNNING")
+        reopen(self.client, run_id)
         return run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
