@@ -1,5 +1,7 @@
 """The config check: every bad value is refused before any work, naming its key."""
 
+import os
+
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -160,6 +162,7 @@ def test_options_override_the_top_level_keys():
 def test_what_hydra_cannot_compose_is_one_line_and_exit_2(cli, script, args, message):
     result = cli(script, *args)
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+    assert "HYDRA_FULL_ERROR" not in os.environ  # set for Hydra's call only
 
 
 @pytest.mark.parametrize(

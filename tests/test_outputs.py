@@ -1,35 +1,45 @@
 """Each training holds its output directory; parallel trainings never share one."""
 
-import os
-import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import mlflow_runs
 
 from mnist_pipeline.config import ConfigError
-from mnist_pipeline.stages.outputs import OWNER_FILE, held
+from mnist_pipeline.stages.outputs import held
 from mnist_pipeline.training.checkpoints import load_network
 
 
 def test_a_held_directory_is_refused_to_another_live_process(tmp_path):
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ready = tmp_path / "ready"
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from mnist_pipeline.stages.outputs import held\n"
+        "with held(Path(sys.argv[1])):\n"
+        "    Path(sys.argv[2]).write_text('held'); time.sleep(60)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(ready)])
     try:
-        (tmp_path / OWNER_FILE).write_text(f"{socket.gethostname()} {other.pid}\n")
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert other.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
         with pytest.raises(ConfigError, match="is in use by another training"):
-            with held(tmp_path):
+            with held(tmp_path / "run"):
                 pass
     finally:
-        other.kill()
+        other.kill()  # as kill -9: no clean-up of its own
         other.wait()
-    # Its process is gone now (as after kill -9): the directory is taken over, then released.
-    with held(tmp_path):
-        assert (tmp_path / OWNER_FILE).read_text().split() == [
-            socket.gethostname(),
-            str(os.getpid()),
-        ]
-    assert not (tmp_path / OWNER_FILE).exists()
+    # Its process is gone now: the directory is taken over, and released at the end.
+    with held(tmp_path / "run") as directory:
+        assert directory == tmp_path / "run"
+        with pytest.raises(ConfigError, match="is in use by another training"):
+            with held(tmp_path / "run"):
+                pass
+    with held(tmp_path / "run"):
+        pass
 
 
 @pytest.mark.slow
@@ -65,4 +75,4 @@ def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_pa
         run = by_id[run_id]
         assert run.data.params["model.hidden"] == str(hidden)
         assert run.data.tags["hydra.output_dir"] == str(directory)
-    assert not list(tmp_path.glob("outputs/runs/*/*/" + OWNER_FILE))
+

@@ -121,9 +121,13 @@ def test_pruning_stops_hopeless_trials_and_mlflow_shows_them(tiny_run, tmp_path)
         run = children[trial.number]
         assert run.info.status == "FINISHED"
         assert run.data.tags["optuna.state"] == trial.state.name
+        assert run.data.tags["optuna.study"] == "mnist-mlp"  # the tags README names
+        assert "optuna.storage" not in run.data.tags  # only the parent: it is found by both
         assert run.info.run_name == f"mnist-mlp-trial-{trial.number}"
         history = client.get_metric_history(run.info.run_id, "val/acc")
         assert len(history) == len(trial.intermediate_values)  # its metrics so far
+    assert parent.data.tags["optuna.study"] == "mnist-mlp"
+    assert parent.data.tags["optuna.storage"] == str(tmp_path / "optuna.journal")
     best = max(complete, key=lambda t: t.value)
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert parent.data.tags["best.optimizer.lr"] == str(best.params["optimizer.lr"])

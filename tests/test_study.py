@@ -18,7 +18,7 @@ SPACE = {"x": FloatDistribution(0, 1), "y": CategoricalDistribution([1, 2, 3])}
 def _command(location: str, pid: int, monkeypatch, n_trials: int, space=SPACE) -> list[dict]:
     """One `hparams_search=optuna` command as process `pid`: the same seeded sampler each time,
     trials claimed and finished until the study has `n_trials`. The params it tried."""
-    monkeypatch.setattr(study_module.os, "getpid", lambda: pid)
+    monkeypatch.setattr(study_module, "this_process", lambda: ("host", pid))
     study = load("s", location, sampler=TPESampler(seed=42), direction="maximize")
     tried = []
     while trials := claim(study, location, n_trials=n_trials, batch=1, space=space):

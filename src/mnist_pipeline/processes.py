@@ -1,33 +1,56 @@
-"""Processes sharing files: is one still there (for files and runs that name the process
-writing them), and taking turns through a lock file."""
+"""Processes sharing files and stores: is the one that left a run, trial or file still there,
+and taking turns through a lock file. `psutil` and `filelock` do the work; here each idea has
+its one name."""
 
 from __future__ import annotations
 
-import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+from filelock import FileLock, Timeout
 
-def alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (one of another user's counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+__all__ = ["Timeout", "exclusive", "gone", "lock_beside", "this_process"]
+
+
+def this_process() -> tuple[str, int]:
+    """(host, pid) of this process: what a run, trial or file records of its writer."""
+    return socket.gethostname(), os.getpid()
+
+
+def gone(pid: int, host: str | None = None) -> bool:
+    """Whether process `pid` of `host` (None: this one) has ended (kill -9, a crash, a power cut).
+
+    A process of another host cannot be told: not gone. One that ended but that its parent has
+    not reaped yet (a zombie) is gone; one of another user's is not.
+    """
+    if host is not None and host != socket.gethostname():
         return False
-    except PermissionError:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
-    return True
+    except psutil.AccessDenied:
+        return False
+
+
+def exclusive(lock_file: str | Path, timeout: float = -1) -> FileLock:
+    """A lock on `lock_file` (created with its folder if missing), as a context manager: processes
+    of one machine take turns; the system releases it when its holder dies. `timeout` seconds
+    (-1: forever, 0: no wait) before `Timeout` is raised."""
+    return FileLock(lock_file, timeout=timeout)
 
 
 @contextmanager
-def exclusive(lock_file: str | Path) -> Iterator[None]:
-    """Hold `lock_file` (created if missing) exclusively: processes of one machine take turns."""
-    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def lock_beside(store: str, suffix: str) -> Iterator[bool]:
+    """Hold the lock file `<file><suffix>` beside a local store (a file path or a `sqlite:///`
+    URL); a database server has no such place: no lock. Yields whether the lock is held."""
+    path = store.removeprefix("sqlite:///")
+    if "://" in path:
+        yield False
+        return
+    with exclusive(path + suffix):
+        yield True

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from mnist_pipeline.config import UserError
 from mnist_pipeline.data.idx import decompress, parse_idx
-from mnist_pipeline.processes import alive
+from mnist_pipeline.processes import gone
 
 try:
     from tqdm import tqdm
@@ -125,7 +125,7 @@ def remove_stale_parts(dest: Path) -> None:
     for part in dest.glob(".*.part"):
         fields = part.name.split(".")
         pid = int(fields[-3]) if len(fields) >= 5 and fields[-3].isdigit() else None
-        if pid is None or not alive(pid):
+        if pid is None or gone(pid):
             log.info("removing %s, left by a fetch that was killed", part)
             part.unlink(missing_ok=True)
 

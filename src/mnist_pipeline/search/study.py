@@ -8,10 +8,6 @@ missing, and processes sharing a study stop together at n.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +22,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from mnist_pipeline.processes import alive, exclusive
+from mnist_pipeline.processes import gone, lock_beside, this_process
 
 log = logging.getLogger(__name__)
 JOURNAL = "optuna.journal"
@@ -54,20 +50,6 @@ def open_storage(location: str) -> BaseStorage:
     return JournalStorage(JournalFileBackend(location))
 
 
-@contextmanager
-def claim_lock(location: str) -> Iterator[bool]:
-    """One process at a time counts a study's trials and asks for new ones, so that processes
-    sharing it never start more than n. A lock file beside a journal or sqlite file; a
-    database server has no such place (two processes may then overshoot by a trial).
-    Yields whether the lock is held."""
-    path = location.removeprefix("sqlite:///") if location.startswith("sqlite:///") else location
-    if "://" in path:
-        yield False
-        return
-    with exclusive(f"{path}.claim.lock"):
-        yield True
-
-
 def fail_orphans(study: optuna.Study, locked: bool = True) -> list[int]:
     """Fail the trials left RUNNING by a process of this host that is gone (kill -9, a
     crash): they do not count, and a rerun does them again. Returns their numbers.
@@ -75,11 +57,10 @@ def fail_orphans(study: optuna.Study, locked: bool = True) -> list[int]:
     A trial without host and pid was asked for by a process killed before it could tag it:
     with the claim lock `locked`, no live process can be in that step.
     """
-    host = socket.gethostname()
     orphans = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner, pid = trial.user_attrs.get(HOST_ATTR), trial.user_attrs.get(PID_ATTR)
-        if (owner == host and not alive(pid)) or (owner is None and locked):
+        host, pid = trial.user_attrs.get(HOST_ATTR), trial.user_attrs.get(PID_ATTR)
+        if (host is not None and gone(pid, host)) or (host is None and locked):
             study.tell(trial.number, state=TrialState.FAIL)
             orphans.append(trial.number)
     return orphans
@@ -107,12 +88,16 @@ def claim(
 ) -> list[Trial]:
     """Up to `batch` new trials, as many as the study still misses of `n_trials`, counting
     the ones running elsewhere; each tagged with this host and pid (see `fail_orphans`)."""
-    with claim_lock(location) as locked:
+    # One process at a time counts the trials and asks for new ones, so that processes sharing
+    # the study never start more than n. A database server has no place for the lock file (two
+    # processes may then overshoot by a trial).
+    with lock_beside(location, ".claim.lock") as locked:
         for number in fail_orphans(study, locked):
             log.warning("trial %d was left running by a process that is gone: failed", number)
         state = progress(study)
         missing = n_trials - state["done"] - state["running"]
-        if any(t.user_attrs.get(PID_ATTR) != os.getpid() for t in study.get_trials(deepcopy=False)):
+        host, pid = this_process()
+        if any(t.user_attrs.get(PID_ATTR) != pid for t in study.get_trials(deepcopy=False)):
             # Trials of another process (an earlier command, or one sharing the study): the
             # sampler, seeded as theirs was, would propose their points again.
             study.sampler.reseed_rng()
@@ -121,8 +106,8 @@ def claim(
             trial = ask_untried(study, space)
             if trial is None:
                 break
-            trial.set_user_attr(HOST_ATTR, socket.gethostname())
-            trial.set_user_attr(PID_ATTR, os.getpid())
+            trial.set_user_attr(HOST_ATTR, host)
+            trial.set_user_attr(PID_ATTR, pid)
             trials.append(trial)
         return trials
 

@@ -13,13 +13,13 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 
 from mnist_pipeline import repository_root
+from mnist_pipeline.search import STATE_TAG, STUDY_TAG, TRIAL_TAG
 
 if TYPE_CHECKING:  # optuna is imported by trials only: every other training is spared it
     from optuna.pruners import BasePruner
     from optuna.trial import Trial
 
 log = logging.getLogger(__name__)
-STUDY_TAG, TRIAL_TAG, STATE_TAG = "optuna.study", "optuna.trial", "optuna.state"
 
 
 def make_pruner(config: Any) -> BasePruner:

@@ -12,7 +12,7 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,12 +138,7 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
 
         @functools.wraps(stage)
         def run() -> None:
-            try:
-                with _composition_errors_exit_2():
-                    main()
-            except BaseException as error:
-                _end_open_sweep(error)
-                raise
+            composition_errors_exit_2(main)
 
         return run
 
@@ -154,37 +149,39 @@ def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Cal
 COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
 
 
-@contextlib.contextmanager
-def _composition_errors_exit_2() -> Iterator[None]:
-    """Hydra reports a composition error in `run_and_report` as a block of lines and exit status
-    1, and offers no hook: it runs composition, `--cfg` and the task through that one function,
-    so wrapping it here is the one place that sees those errors (in multirun jobs too) and nothing
-    else. HYDRA_FULL_ERROR=1 still gets Hydra's full trace."""
-    from hydra._internal import utils
+def composition_errors_exit_2(main: Callable[[], None]) -> None:
+    """Run Hydra's `main`; what it cannot compose is one `error:` line and exit status 2.
 
-    report = utils.run_and_report
-
-    def run_and_report(func: Callable[[], Result]) -> Result:
-        def composed() -> Result:
-            try:
-                return func()
-            except COMPOSITION_ERRORS as error:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
-                print(f"error: {_describe_composition_error(error)}", file=sys.stderr)
-                sys.exit(2)
-            except UserError as error:  # refused by a sweeper or a callback, outside any job
-                for line in str(error).splitlines():
-                    print(f"error: {line}", file=sys.stderr)
-                sys.exit(2)
-
-        return report(composed)
-
-    utils.run_and_report = run_and_report
+    Hydra prints a composition error as a block of lines and exits 1, and has no hook for it;
+    its documented HYDRA_FULL_ERROR=1 makes it raise the exception instead (in multirun jobs
+    too), so it is set here and the exception turned into one line, as is a `UserError` raised
+    outside any job (by a sweeper). Other errors go on as Python's traceback (exit status 1). A
+    user who sets HYDRA_FULL_ERROR=1 gets Hydra's trace. A multirun stopped by any of them
+    ends its parent MLflow run (`_end_open_sweep`).
+    """
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    user_wants_trace = previous == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        yield
+        main()
+    except COMPOSITION_ERRORS as error:
+        if user_wants_trace:
+            raise
+        print(f"error: {_describe_composition_error(error)}", file=sys.stderr)
+        sys.exit(2)
+    except UserError as error:  # refused by a sweeper or a callback, outside any job
+        _end_open_sweep(error)
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except BaseException as error:
+        _end_open_sweep(error)
+        raise
     finally:
-        utils.run_and_report = report
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
 
 
 def _end_open_sweep(error: BaseException) -> None:

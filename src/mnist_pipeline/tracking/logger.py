@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from mnist_pipeline import PROJECT_ROOT, repository_root
-from mnist_pipeline.processes import alive, exclusive
+from mnist_pipeline.processes import gone, lock_beside, this_process
 from mnist_pipeline.tracking.outbox import (
     UNSENT_DIR,
     Outbox,
@@ -50,19 +49,14 @@ def artifact_location(uri: str, experiment_name: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / experiment_name).as_uri()
 
 
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str) -> AbstractContextManager[bool]:
     """Exclusive use of a local sqlite store while it may be created or upgraded.
 
     MLflow creates and migrates the schema of a new sqlite file without a lock: three trainings
     started together on a fresh clone all crashed (`table _alembic_tmp_metrics already
     exists`). A file lock beside the database makes them take turns; other stores pass.
     """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    with exclusive(uri.removeprefix("sqlite:///") + ".lock"):
-        yield
+    return lock_beside(uri, ".lock")
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
@@ -127,19 +121,27 @@ def _hydra() -> Any:
 def process_tags() -> dict[str, str]:
     """The host and pid of the process writing a run: a run left RUNNING by a process that is
     gone can be told from one still training (`mark_orphans`)."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    host, pid = this_process()
+    return {HOST_TAG: host, PID_TAG: str(pid)}
+
+
+def reopen(client: MlflowClient, run_id: str) -> None:
+    """Run `run_id` goes on in this process: RUNNING, with this process's host and pid."""
+    for key, value in process_tags().items():
+        client.set_tag(run_id, key, value)
+    client.update_run(run_id, status="RUNNING")
 
 
 def mark_orphans(client: MlflowClient, experiment: str, keep: str) -> list[str]:
     """End KILLED the runs of `experiment` left RUNNING by a process of this host that no longer
     exists (kill -9, a power cut); `keep` is the caller's own run. Returns their ids."""
-    host = socket.gethostname()
+    host, _ = this_process()
     running = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
     runs = client.search_runs([experiment], filter_string=running)
     orphans = []
     for run in runs:
         pid = run.data.tags.get(PID_TAG, "")
-        if run.info.run_id != keep and pid.isdigit() and not alive(int(pid)):
+        if run.info.run_id != keep and pid.isdigit() and gone(int(pid), host):
             client.set_tag(run.info.run_id, "mnist.ended_by", f"a later run: pid {pid} was gone")
             client.set_terminated(run.info.run_id, "KILLED")
             orphans.append(run.info.run_id)
@@ -189,19 +191,28 @@ def default_run_name(model: Any) -> str:
 
 
 class MLflowLogger(MLFlowLogger):
-    """Lightning's `MLFlowLogger` with the run this project promises (README, "MLflow").
+    """Lightning's `MLFlowLogger`, with what it lacks for the run this project promises (README,
+    "MLflow"):
 
-    Written here, not in Lightning: (1) the run is created in a background thread while
-    training starts: importing mlflow and opening the store take 1.5-3 s, and Lightning does
-    it before the first step; (2) metrics wait in memory and go to the store in one write per
-    epoch (a sqlite write costs as much as 20 steps of the MLP), before the curve CSV, so once
-    the curve shows an epoch MLflow has it too; (3) everything goes through an `Outbox`: a
-    store that goes out of reach mid-training costs one bounded wait, and what it misses is kept
-    in `save_dir`/mlflow-unsent (sent by a resume or `python src/sync.py`); (4) the run's end
-    status is set by the train stage (`end`), which knows whether the test and report after
-    `fit` succeeded and whether the user interrupted (KILLED); (5) provenance tags, a default
-    run name and, with `log_model`, an MLflow pyfunc model instead of Lightning's checkpoint
-    upload.
+    1. the run's end status set by the train stage (`end`), which knows whether the test and
+       report after `fit` succeeded and whether the user interrupted (KILLED); Lightning's
+       `finalize` knows only success or failure;
+    2. provenance tags (`run_tags`), a default run name, and the host and pid that let a later
+       run end this one KILLED if its process dies (`mark_orphans`); a resumed run reopened;
+    3. every record through an `Outbox`: a store that goes out of reach mid-training costs one
+       bounded wait, and what it misses is kept in `save_dir`/mlflow-unsent (sent by a resume
+       or `python src/sync.py`). Metrics wait in memory and go in one write per epoch (a sqlite
+       write costs as much as 20 steps of the MLP), before the curve CSV: once the curve shows
+       an epoch, MLflow has it too;
+    4. with `log_model`, an MLflow pyfunc model instead of Lightning's checkpoint upload.
+
+    And one thread: the run is created (Lightning's `__init__` and `experiment`, under the
+    store's lock) while training starts. Importing mlflow and opening the store take 1.5-3 s,
+    which Lightning's logger spends before the first step; measured, the thread brings the first
+    step 2-10 s earlier on this project's 2-core machine (README, Performance). What is logged
+    before the run exists (params, config, tags) waits in memory, in order, for the first record
+    that must go now (the first epoch's metrics); that one waits for the run, and its error
+    (a store that cannot be opened) ends the training.
     """
 
     def __init__(
@@ -217,50 +228,42 @@ class MLflowLogger(MLFlowLogger):
         self.uri = resolve_tracking_uri(tracking_uri)
         self.log_pyfunc = log_model
         self.outbox = Outbox(self.uri, Path(save_dir) / UNSENT_DIR if save_dir else None, run_id)
-        self._pending: list[tuple[str, float, int, int]] = []
-        self._created: Future[MlflowClient] | None = None
-        self._queue: Future[None] | None = None
+        self._pending: list[tuple[str, float, int, int]] = []  # metrics until the epoch ends
+        self._waiting: list[Record] = []  # records until they are sent, in order
         self.resumed_status = "RUNNING"
         self._resumed = run_id is not None
-        # What Lightning may read before the background creation has run the parent's __init__.
-        self._tracking_uri, self._run_id, self._experiment_id = self.uri, run_id, None
-        self._experiment_name = experiment_name
-        self._prefix, self._log_model, self._checkpoint_callback = "", False, None
-        if rank_zero_only.rank != 0:  # other DDP ranks log nothing: Lightning's dummy experiment
-            super().__init__(experiment_name, tracking_uri=self.uri, run_id=run_id)
-            return
-        bound_http_waits(self.uri)
-        check_server(self.uri)  # an unreachable server fails the command before any work
         arguments = {
             "experiment_name": experiment_name,
             "run_name": None if run_id else run_name or "training",
             "tracking_uri": self.uri,
-            "tags": None if run_id else {**run_tags(), **(tags or {})},
             "artifact_location": artifact_location(self.uri, experiment_name),
             "run_id": run_id,
+            "log_model": False,  # the train stage logs the best checkpoint and model itself
         }
-        self._created = self._queue = _in_background(lambda: self._create(arguments))
+        if rank_zero_only.rank != 0:  # other DDP ranks log nothing: Lightning's dummy experiment
+            super().__init__(**arguments)
+            return
+        bound_http_waits(self.uri)
+        check_server(self.uri)  # an unreachable server fails the command before any work
+        arguments["tags"] = None if run_id else {**run_tags(), **(tags or {})}
+        # What Lightning reads before the parent's __init__ has run in the background.
+        self._tracking_uri, self._run_id, self._experiment_id = self.uri, run_id, None
+        self._experiment_name, self._prefix = experiment_name, ""
+        self._log_model, self._checkpoint_callback = False, None
+        executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-run")
+        self._created = executor.submit(self._create, arguments)
+        executor.shutdown(wait=False)  # its one thread ends with this one task
 
     def _create(self, arguments: dict[str, Any]) -> MlflowClient:
         try:
-            with store_lock(self.uri):
-                MLFlowLogger.__init__(self, **arguments)  # imports mlflow
-                if not arguments["run_id"]:  # here: Lightning's creation races in parallel runs
+            with store_lock(self.uri):  # opening a new sqlite store creates its tables
+                MLFlowLogger.__init__(self, **arguments)  # imports mlflow, opens the store
+                if not self._resumed:  # Lightning's lookup races in parallel runs
                     self._experiment_id = experiment_id(
-                        self._mlflow_client, arguments["experiment_name"], self.uri
+                        self._mlflow_client, self._experiment_name, self.uri
                     )
                 client = MLFlowLogger.experiment.fget(self)  # type: ignore[attr-defined]
-            self.outbox.run_id = self._run_id
-            if arguments["run_id"]:  # resumed, or an evaluation of its checkpoint
-                status = client.get_run(self._run_id).info.status
-                self.resumed_status = self.outbox.replay(client) or status
-                for key, value in process_tags().items():
-                    client.set_tag(self._run_id, key, value)
-                client.update_run(self._run_id, status="RUNNING")
-            else:
-                log.info("MLflow run %s (%s) in %s", self._run_id, arguments["run_name"], self.uri)
-            for orphan in mark_orphans(client, self._experiment_id, keep=self._run_id):
-                log.info("MLflow run %s was left RUNNING by a process that is gone: KILLED", orphan)
+            self._started(client)
             return client
         except Exception as error:
             raise TrackingError(
@@ -268,18 +271,24 @@ class MLflowLogger(MLFlowLogger):
                 "tracking_uri / $MLFLOW_TRACKING_URI, or train with logger=none"
             ) from error
 
+    def _started(self, client: MlflowClient) -> None:
+        """A resumed run (or an evaluation of its checkpoint) gets what an earlier process of it
+        kept, this process's tags and RUNNING; runs of dead processes end KILLED."""
+        self.outbox.run_id = self._run_id
+        if self._resumed:
+            status = client.get_run(self._run_id).info.status
+            self.resumed_status = self.outbox.replay(client) or status
+            reopen(client, self._run_id)
+        else:
+            log.info("MLflow run %s (%s) in %s", self._run_id, self._run_name, self.uri)
+        for orphan in mark_orphans(client, self._experiment_id, keep=self._run_id):
+            log.info("MLflow run %s was left RUNNING by a process that is gone: KILLED", orphan)
+
     @property
     @rank_zero_experiment
     def experiment(self) -> MlflowClient:
-        """The MLflow client. Lightning asks for it at setup; its methods wait for the run."""
-        return _WhenCreated(self)
-
-    @property
-    def run_id(self) -> str | None:
-        """The run's id, once it exists (waits for it; re-raises what stopped it)."""
-        if self._created is not None:
-            self._created.result()
-        return self._run_id
+        """The MLflow client, once the run exists (waits for it; re-raises what stopped it)."""
+        return self._created.result()
 
     @property
     def name(self) -> str:
@@ -289,39 +298,33 @@ class MLflowLogger(MLFlowLogger):
     def version(self) -> str | None:
         return self._run_id  # Lightning's waits for the run: the progress bar asks at once
 
-    def _later(self, record: Record) -> None:
-        """Post `record` in the background, after everything before it."""
-        queue, created = self._queue, self._created
-
-        def post() -> None:
-            queue.result()
-            self.outbox.post(created.result(), record)
-
-        self._queue = _in_background(post)
-
-    def _now(self, record: Record) -> None:
-        """Post `record` now, after everything before it (re-raises what failed before)."""
-        self._queue.result()
-        self.outbox.post(self._created.result(), record)
+    def _post(self, record: Record, now: bool = True) -> None:
+        """Send `record` after the ones before it; with `now=False` it waits in memory with them
+        while the run is still being created."""
+        self._waiting.append(record)
+        if now or self._created.done():
+            client = self.experiment
+            while self._waiting:
+                self.outbox.post(client, self._waiting.pop(0))
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
-        """Params in the background, at MLflow's own limit of 6000 characters a value."""
+        """Params at MLflow's own limit of 6000 characters a value (Lightning cuts at 250)."""
         params = {key: str(value)[:6000] for key, value in dict(params).items()}
         # A resumed run keeps the params it started with: MLflow refuses to change one (and
         # the resume check made sure the model settings are the same).
         if params and not self._resumed:
-            self._later({"params": params})
+            self._post({"params": params}, now=False)
 
     @rank_zero_only
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        """Tags of the run (set or changed), written in the background."""
-        self._later({"tags": dict(tags)})
+        """Tags of the run (set or changed)."""
+        self._post({"tags": dict(tags)}, now=False)
 
     @rank_zero_only
     def log_text(self, text: str, artifact_file: str) -> None:
-        """A text artifact, written in the background."""
-        self._later({"text": text, "file": artifact_file})
+        """A text artifact."""
+        self._post({"text": text, "file": artifact_file}, now=False)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -331,10 +334,10 @@ class MLflowLogger(MLFlowLogger):
             self.flush()
 
     def flush(self) -> None:
-        """Send the metrics waiting in memory."""
+        """Send the metrics waiting in memory (after what waits before them)."""
         if self._pending:
-            self._now({"metrics": self._pending})
-            self._pending = []
+            metrics, self._pending = self._pending, []
+            self._post({"metrics": metrics})
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -345,25 +348,16 @@ class MLflowLogger(MLFlowLogger):
                 raise
             # Already failing, most likely for this very reason: report the first error only.
 
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        pass  # the train stage logs the best checkpoint itself, under checkpoints/
-
     @rank_zero_only
     def end(self, status: str) -> None:
-        """End the run FINISHED, FAILED or KILLED; nothing to end if it could not be created.
-
-        Called while another error may be on its way: one from an earlier record is left to
-        that error, or to `check_sent`.
-        """
+        """End the run FINISHED, FAILED or KILLED; nothing to end if it could not be created
+        (that error is on its way, or was raised at the first epoch end)."""
         try:
-            self._queue.result()
+            self._created.result()
         except Exception as error:
-            log.debug("an earlier MLflow record failed: %s", error)
-        try:
-            client = self._created.result()
-        except Exception:
+            log.debug("no MLflow run to end: %s", error)
             return
-        self.outbox.post(client, {"status": status})
+        self._post({"status": status})
 
     def check_sent(self) -> None:
         """A `TrackingError` (one line) if records could not be sent and wait on disk."""
@@ -372,7 +366,7 @@ class MLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_artifact(self, path: Path, artifact_dir: str | None = None) -> None:
-        self._now({"artifact": str(path), "dir": artifact_dir})
+        self._post({"artifact": str(path), "dir": artifact_dir})
 
     @rank_zero_only
     def log_pyfunc_model(self, net: nn.Module, config: Mapping[str, Any], example: Tensor) -> None:
@@ -384,21 +378,4 @@ class MLflowLogger(MLFlowLogger):
 
         model = Probabilities(net).cpu().eval()
         example = example.detach().cpu().float()
-        self._now({"model": model, "network": dict(config), "example": example})
-
-
-class _WhenCreated:
-    """Stands for the MLflow client of a run being created: any use waits for the creation."""
-
-    def __init__(self, logger: MLflowLogger) -> None:
-        self._logger = logger
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._logger._created.result(), name)
-
-
-def _in_background(task: Callable[[], Any]) -> Future:
-    executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-run")
-    future = executor.submit(task)
-    executor.shutdown(wait=False)  # its one thread ends with this one task
-    return future
+        self._post({"model": model, "network": dict(config), "example": example})

@@ -12,11 +12,13 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
 from mnist_pipeline import repository_root
+from mnist_pipeline.search import STORAGE_TAG, STUDY_TAG
 from mnist_pipeline.tracking.logger import (
     PARENT_RUN_FILE,
     check_server,
     experiment_id,
     process_tags,
+    reopen,
     resolve_tracking_uri,
     store_lock,
 )
@@ -107,9 +109,7 @@ class SweepParentRun(HydraCallback):
         if not found:
             return None
         run_id = found[0].info.run_id
-        for key, value in process_tags().items():
-            self.client.set_tag(run_id, key, value)
-        self.client.update_run(run_id, status="RUNNING")
+        reopen(self.client, run_id)
         return run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -122,9 +122,6 @@ class SweepParentRun(HydraCallback):
             finished = log_study(self.client, self.run_id, *study, config.hydra.sweeper.n_trials)
         if finished:  # else another process still runs trials of the study: it ends the run
             self.client.set_terminated(self.run_id, "FINISHED")
-
-
-STUDY_TAG, STORAGE_TAG = "mnist.study", "mnist.study_storage"
 
 
 def _study(config: DictConfig) -> tuple[str, str] | None:
