@@ -58,6 +58,12 @@ class Classifier(pl.LightningModule):
         logits = self(pixels)
         return self.criterion(logits, labels), logits.argmax(dim=-1), labels
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning resets them after the epoch's end, but a checkpoint saved at the end holds
+        # them whole; not called when a training resumes mid-epoch, which keeps them.
+        self.train_loss.reset()
+        self.train_acc.reset()
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
         # update(), not forward(): nothing per step is computed that the epoch does not need.
