@@ -2,9 +2,10 @@
 
 A new data module, network, logger or callback is a YAML file in its group (plus, for a data
 module or a network, the Python file of its class); nothing here names one. The data module and
-the network are built by the config check (`config.validate`), which hands them on. A `save_dir` or `dirpath` left null in a logger's
-or callback's config is this run's output directory (`checkpoints/` for a callback), which a
-config cannot name itself: `${hydra:...}` interpolations break DVC's composition.
+the network are built by the config check (`config.validate`), which hands them on. A
+`save_dir` or `dirpath` left null in a logger's or callback's config is this run's output
+directory (`checkpoints/` for a callback), which a config cannot name itself: `${hydra:...}`
+interpolations break DVC's composition.
 """
 
 from __future__ import annotations
