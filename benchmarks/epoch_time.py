@@ -73,6 +73,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads of torch here and in the timed commands (OMP_NUM_THREADS); "
+        "default: torch's (one per CPU). On a CPU busy with other work, 1 keeps the threads "
+        "from waiting on each other",
+    )
+    parser.add_argument(
         "--parts",
         nargs="+",
         choices=["loop", "whole", "startup"],
@@ -468,6 +475,9 @@ def main() -> int:
     args = parse_args()
     # The pipeline tags runs with `git status`; keep it from taking the repository's index lock.
     os.environ["GIT_OPTIONAL_LOCKS"] = "0"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the commands timed
     passed = True
     with tempfile.TemporaryDirectory(prefix="epoch-time-") as tmp:
         workdir = Path(tmp)
