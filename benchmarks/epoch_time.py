@@ -23,6 +23,7 @@ import contextlib
 import gc
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -173,10 +174,10 @@ class PlainLoop:
         self.model = instantiate(cfg.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optimizer.lr)
 
-    def epoch(self) -> float:
-        start = time.perf_counter()
+    def epoch(self) -> tuple[float, float]:
+        start = _now()
         train_epoch(self.model, self.optimizer, self.batches())
-        return time.perf_counter() - start
+        return _since(start)
 
 
 class EpochTimer(pl.Callback):
@@ -189,26 +190,36 @@ class EpochTimer(pl.Callback):
     latest: EpochTimer | None = None
 
     def __init__(self) -> None:
-        self.epoch_start = self.val_start = 0.0
-        self.epoch = self.val = float("nan")
+        self.epoch_start = self.val_start = (0.0, 0.0)
+        self.epoch = self.val = (math.nan, math.nan)
         EpochTimer.latest = self
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch_start = time.perf_counter()
+        self.epoch_start = _now()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.val_start = time.perf_counter()
+        self.val_start = _now()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.val = time.perf_counter() - self.val_start
+            self.val = _since(self.val_start)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch = time.perf_counter() - self.epoch_start
+        self.epoch = _since(self.epoch_start)
 
 
-def pipeline_epoch(cfg: DictConfig) -> tuple[float, float]:
-    """(b): `train(cfg)`; (train part, validation pass) of its last epoch, in seconds.
+def _now() -> tuple[float, float]:
+    """(wall, CPU time of this process) in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    now = _now()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def pipeline_epoch(cfg: DictConfig) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(b): `train(cfg)`; (train part, validation pass) of its last epoch, (wall, CPU) seconds.
 
     `cfg` has an `EpochTimer` among its callbacks. Progress bars go to stderr (Lightning writes
     them to stdout).
@@ -216,9 +227,10 @@ def pipeline_epoch(cfg: DictConfig) -> tuple[float, float]:
     with contextlib.redirect_stdout(sys.stderr):
         train(cfg)
     timer = EpochTimer.latest
-    if timer is None or math.isnan(timer.epoch) or math.isnan(timer.val):
+    if timer is None or math.isnan(timer.epoch[0]) or math.isnan(timer.val[0]):
         raise RuntimeError("no epoch timed: is callbacks.epoch_timer in the config?")
-    return timer.epoch - timer.val, timer.val
+    train_part = (timer.epoch[0] - timer.val[0], timer.epoch[1] - timer.val[1])
+    return train_part, timer.val
 
 
 def measure_epochs(
@@ -254,7 +266,13 @@ def measure_epochs(
     for loop in plain.values():
         loop.epoch()  # warm-up
 
+    # Wall seconds under (variant, size), CPU seconds under ("cpu " + variant, size).
     times: dict[tuple[str, int], list[float]] = {}
+
+    def record(variant: str, size: int, seconds: tuple[float, float]) -> None:
+        times.setdefault((variant, size), []).append(seconds[0])
+        times.setdefault((f"cpu {variant}", size), []).append(seconds[1])
+
     for round_ in range(1, rounds + 1):
         for size in batch_sizes:
             for variant in "abc":
@@ -263,29 +281,35 @@ def measure_epochs(
                     out = workdir / f"run-{round_}-{size}"
                     cfg = pipeline_config([*overrides[size], f"paths.output_dir={_quote(out)}"])
                     train_part, val = pipeline_epoch(cfg)
-                    times.setdefault(("b", size), []).append(train_part)
-                    times.setdefault(("val", size), []).append(val)
+                    record("b", size, train_part)
+                    record("val", size, val)
                 else:
-                    times.setdefault((variant, size), []).append(plain[variant, size].epoch())
+                    record(variant, size, plain[variant, size].epoch())
                 print(
                     f"round {round_}/{rounds} batch {size} ({variant}): "
-                    f"{times[variant, size][-1]:.3f} s",
+                    f"{times[variant, size][-1]:.3f} s, "
+                    f"CPU {times['cpu ' + variant, size][-1]:.3f} s",
                     file=sys.stderr,
                     flush=True,
                 )
     return times, len(labels)
 
 
-def _timed(command: list[str], env: Mapping[str, str]) -> float:
-    """Wall seconds of `command`, run from the repository root; its output on failure."""
-    start = time.perf_counter()
+def _timed(command: list[str], env: Mapping[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of `command`, run from the repository root; its output on failure."""
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start, _children_cpu() - cpu
     if done.returncode != 0:
         raise RuntimeError(
             f"{' '.join(command)} exited with {done.returncode}:\n{done.stderr[-3000:]}"
         )
     return seconds
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure_whole_epochs(data: Path, rounds: int, workdir: Path) -> dict[str, list[float]]:
@@ -318,18 +342,21 @@ def measure_whole_epochs(data: Path, rounds: int, workdir: Path) -> dict[str, li
             f"hydra.run.dir={_quote(workdir / 'whole' / run)}",
         ]
 
-    per_epoch: dict[str, list[float]] = {"pipeline": [], "plain": []}
+    # Wall seconds per epoch under the variant, CPU seconds under "cpu " + variant.
+    per_epoch: dict[str, list[float]] = {}
     low, high = WHOLE_EPOCHS
     for round_ in range(1, rounds + 1):
-        for variant in per_epoch:
+        for variant in ("pipeline", "plain"):
             short, long = (
                 _timed(command(variant, epochs, f"{variant}-{round_}-{epochs}"), env)
                 for epochs in (low, high)
             )
-            per_epoch[variant].append((long - short) / (high - low))
+            for clock, name in enumerate((variant, f"cpu {variant}")):
+                per_epoch.setdefault(name, []).append((long[clock] - short[clock]) / (high - low))
             print(
-                f"round {round_}/{rounds} whole epochs, {variant}: {short:.2f} s for {low}, "
-                f"{long:.2f} s for {high}: {per_epoch[variant][-1]:.3f} s per epoch",
+                f"round {round_}/{rounds} whole epochs, {variant}: {short[0]:.2f} s for {low}, "
+                f"{long[0]:.2f} s for {high}: {per_epoch[variant][-1]:.3f} s per epoch "
+                f"(CPU {per_epoch['cpu ' + variant][-1]:.3f} s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -410,6 +437,15 @@ def report_loop(
             + "".join(f"{cell:<22}" for cell in cells)
             + f"{_ratios(times, 'b', 'a', size):>6.2f} {_ratios(times, 'c', 'b', size):>6.2f}"
         )
+    print("CPU time of this process (one thread: contention-proof), same epochs:")
+    for size in batch_sizes:
+        cells = [_stats(times[f"cpu {key}", size]) for key in ("a", "b", "val", "c")]
+        ratios = [_ratios(times, f"cpu {n}", f"cpu {d}", size) for n, d in (("b", "a"), ("c", "b"))]
+        print(
+            f"{size:>5}  "
+            + "".join(f"{cell:<22}" for cell in cells)
+            + "".join(f"{ratio:>6.2f} " for ratio in ratios)
+        )
     passed = True
     for size, bound in RATIO_TARGETS.items():
         if size not in batch_sizes:
@@ -431,9 +467,12 @@ def report_whole(per_epoch: dict[str, list[float]]) -> bool:
         "    curve, progress bar, logging included)\n"
         "(e) python benchmarks/plain_loop.py (the plain loop and a validation pass per epoch)"
     )
-    for label, variant in (("(d) pipeline", "pipeline"), ("(e) plain", "plain")):
-        values = ", ".join(f"{v:.3f}" for v in per_epoch[variant])
-        print(f"{label:<14}{min(per_epoch[variant]):7.3f}   ({values})")
+    for clock in ("", "cpu "):
+        for label, variant in (("(d) pipeline", "pipeline"), ("(e) plain", "plain")):
+            values = ", ".join(f"{v:.3f}" for v in per_epoch[clock + variant])
+            print(f"{clock + label:<18}{min(per_epoch[clock + variant]):7.3f}   ({values})")
+    cpu_ratio = min(per_epoch["cpu pipeline"]) / min(per_epoch["cpu plain"])
+    print(f"(d)/(e) in CPU time of the commands (minima): {cpu_ratio:.2f}")
     ratio = min(per_epoch["pipeline"]) / min(per_epoch["plain"])
     ok = ratio <= WHOLE_EPOCH_TARGET
     print(f"TARGET (d)/(e) <= {WHOLE_EPOCH_TARGET} (minima): {ratio:.2f} {_verdict(ok)}")
