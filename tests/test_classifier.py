@@ -1,19 +1,23 @@
-"""The LightningModule with any network: chunked optimization, logged steps, schedules."""
+"""The LightningModule in Lightning's own loop: each Trainer feature does what Lightning's
+documentation says, a user's callback sees every batch, metrics and schedules as expected."""
 
 import functools
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, StochasticWeightAveraging
 from pytorch_lightning.loggers import Logger
 
 from mnist_pipeline.data.datamodule import MNISTDataModule
-from mnist_pipeline.networks.cnn import CNN
 from mnist_pipeline.networks.mlp import MLP
 from mnist_pipeline.training.classifier import Classifier
 
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)
+SGD = functools.partial(torch.optim.SGD, lr=1.0)
 COSINE = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=2)
+# 600 tiny training images, 88 for validation: 512 = 16 batches of 32, each epoch.
+VAL_SIZE, BATCH = 88, 32
 
 
 class RecordingLogger(Logger):
@@ -32,81 +36,129 @@ class RecordingLogger(Logger):
     def log_metrics(self, metrics, step=None) -> None:
         self.logged.append((dict(metrics), step))
 
+    def steps(self, key: str) -> list[int]:
+        return [step for metrics, step in self.logged if key in metrics]
 
-def _fit(
-    tmp_path, sha256s, chunk_size: int, max_steps: int = -1, net=None, **options
-) -> tuple[Classifier, pl.Trainer, list]:
-    """Two epochs on 500 tiny training samples in batches of 32: 16 optimizer steps each."""
-    pl.seed_everything(0, verbose=False)
-    model = Classifier(net or MLP(hidden=16), ADAM, **{"log_every_n_steps": 3, **options})
-    datamodule = MNISTDataModule(
-        tmp_path / "mnist", sha256s, val_size=100, batch_size=32, chunk_size=chunk_size
-    )
-    logger = RecordingLogger()
-    trainer = pl.Trainer(
-        max_epochs=2,
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(model, datamodule=datamodule)
-    return model, trainer, logger.logged
+
+class Counter(pl.Callback):
+    """A user's callback: counts the training batches and the validation runs it is told of."""
+
+    def __init__(self) -> None:
+        self.batches = self.validations = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        assert len(batch[1]) <= trainer.datamodule.batch_size  # one batch, not a bundle
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validations += not trainer.sanity_checking
 
 
 @pytest.fixture
-def mirrored(tiny_mnist, monkeypatch):
+def fit(tmp_path, tiny_mnist, monkeypatch):
+    """Factory: `fit(batch_size=32, optimizer=ADAM, scheduler=None, callbacks=(), **trainer)`
+    -> (model, trainer, logger, counter): 2 epochs (unless told) on the tiny data set, from the
+    same seed, an MLP without dropout."""
     source, sha256s = tiny_mnist
     monkeypatch.setenv("MNIST_MIRROR", str(source))
-    return sha256s
+
+    def run(batch_size=BATCH, optimizer=ADAM, scheduler=None, callbacks=(), **options):
+        pl.seed_everything(0, verbose=False)
+        model = Classifier(MLP(hidden=16, dropout=0.0), optimizer, scheduler)
+        datamodule = MNISTDataModule(
+            tmp_path / "mnist", sha256s, val_size=VAL_SIZE, batch_size=batch_size
+        )
+        logger, counter = RecordingLogger(), Counter()
+        trainer = pl.Trainer(
+            **{
+                "max_epochs": 2,
+                "accelerator": "cpu",
+                "logger": logger,
+                "callbacks": [counter, *callbacks],
+                "enable_checkpointing": False,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "num_sanity_val_steps": 0,
+                **options,
+            }
+        )
+        trainer.fit(model, datamodule=datamodule)
+        return model, trainer, logger, counter
+
+    return run
 
 
-@pytest.mark.parametrize("network", [MLP, CNN], ids=["mlp", "cnn"])
-def test_chunks_train_exactly_like_one_batch_per_step(tmp_path, mirrored, network):
-    def net():
-        torch.manual_seed(0)
-        return network(hidden=16) if network is MLP else network(channels=(4, 8), hidden=16)
-
-    # One batch per chunk, 3 per chunk, the whole epoch in one chunk.
-    fits = [_fit(tmp_path, mirrored, chunk_size, net=net()) for chunk_size in (32, 100, 10**6)]
-    reference = fits[0][0].state_dict()
-    for model, trainer, _ in fits:
-        assert trainer.global_step == 32
-        for key, tensor in model.state_dict().items():
-            assert torch.equal(tensor, reference[key]), key
-    for _, _, logged in fits[1:]:
-        assert [(sorted(m), s) for m, s in logged] == [(sorted(m), s) for m, s in fits[0][2]]
-    # Steps are optimizer steps: the loss every 3rd, the epoch metrics at the epochs' last steps.
-    logged = fits[1][2]
-    assert [s for m, s in logged if "train/loss_step" in m] == list(range(3, 33, 3))
-    epoch_ends = {s for m, s in logged if "val/acc" in m or "train/acc" in m}
-    assert epoch_ends == {16, 32}
-    assert all("epoch" in m for m, _ in logged if "val/acc" in m)
+def _parameters(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_epoch_scheduler_steps_once_per_epoch(tmp_path, mirrored):
-    model, trainer, _ = _fit(tmp_path, mirrored, 100, scheduler=COSINE)
-    # Cosine from 1e-3 to 0 over max_epochs=2: two scheduler steps, not 32 or 6.
+def test_one_step_per_batch_and_metrics_per_epoch(fit):
+    model, trainer, logger, counter = fit(log_every_n_steps=5)
+    assert trainer.global_step == counter.batches == 32 and counter.validations == 2
+    # The step loss every 5th optimizer step (Lightning counts from 1), the epoch metrics at
+    # each epoch's last step, with the epoch.
+    assert logger.steps("train/loss_step") == [4, 9, 14, 19, 24, 29]
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):
+        assert logger.steps(key) == [15, 31], key
+    epochs = [m["epoch"] for m, _ in logger.logged if "train/acc" in m]
+    assert epochs == [0, 1]
+    (first, second) = [m for m, _ in logger.logged if "val/acc" in m]
+    assert second["val/acc_best"] == max(first["val/acc"], second["val/acc"])
+    (first, second) = [m for m, _ in logger.logged if "train/acc" in m]
+    assert 0.5 < second["train/acc"] <= 1 and second["train/loss"] < first["train/loss"]
+
+
+def test_gradient_clip_val_clips_the_gradient_norm(fit):
+    # One SGD step of learning rate 1: the weights move by exactly the clipped gradient.
+    pl.seed_everything(0, verbose=False)
+    before = _parameters(MLP(hidden=16, dropout=0.0))  # the weights `fit` starts from
+    options = {"max_epochs": 1, "limit_train_batches": 1, "optimizer": SGD}
+    clipped, *_ = fit(gradient_clip_val=0.01, **options)
+    assert (_parameters(clipped) - before).norm() == pytest.approx(0.01, rel=1e-4)
+    free, *_ = fit(**options)
+    assert (_parameters(free) - before).norm() > 0.1  # the gradient was larger: it was clipped
+
+
+def test_accumulate_grad_batches_steps_once_per_k_batches(fit):
+    # 4 batches of 32 accumulated = one batch of 128 (Lightning scales each loss by 1/4).
+    accumulated, trainer, _, counter = fit(accumulate_grad_batches=4, optimizer=SGD)
+    assert counter.batches == 32 and trainer.global_step == 8
+    whole, trainer, *_ = fit(batch_size=4 * BATCH, optimizer=SGD)
+    assert trainer.global_step == 8
+    assert torch.allclose(_parameters(accumulated), _parameters(whole), atol=1e-6)
+
+
+def test_limit_train_batches_counts_batches(fit):
+    _, trainer, _, counter = fit(limit_train_batches=3)
+    assert trainer.global_step == counter.batches == 6
+
+
+def test_val_check_interval_counts_batches(fit):
+    _, trainer, logger, counter = fit(val_check_interval=4)
+    assert counter.validations == 8  # after batches 4, 8, 12 and 16 of each epoch
+    assert logger.steps("val/acc") == [3, 7, 11, 15, 19, 23, 27, 31]
+
+
+def test_learning_rate_monitor_logs_every_optimizer_step(fit):
+    monitor = LearningRateMonitor(logging_interval="step")
+    _, trainer, logger, _ = fit(callbacks=[monitor], log_every_n_steps=1, scheduler=COSINE)
+    lrs = [(step, m["lr-Adam"]) for m, step in logger.logged if "lr-Adam" in m]
+    assert [step for step, _ in lrs] == list(range(32))
+    # The cosine schedule steps per epoch: 1e-3 for epoch 0, half of it for epoch 1.
+    assert [lr for _, lr in lrs] == pytest.approx([1e-3] * 16 + [5e-4] * 16)
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_no_step_loss_with_log_every_n_steps_0(tmp_path, mirrored):
-    _, _, logged = _fit(tmp_path, mirrored, 100, log_every_n_steps=0)
-    assert not any("train/loss_step" in metrics for metrics, _ in logged)
-    assert sum("val/acc" in metrics for metrics, _ in logged) == 2
+def test_stochastic_weight_averaging_averages_the_last_epochs(fit):
+    swa = StochasticWeightAveraging(swa_lrs=1e-3, swa_epoch_start=2)  # 1-based, per the docs
+    model, *_ = fit(callbacks=[swa], max_epochs=3)
+    assert int(swa.n_averaged) == 2  # epochs 2 and 3
+    assert torch.equal(_parameters(model), _parameters(swa._average_model))
 
 
-def test_max_steps_is_exact_within_a_chunk(tmp_path, mirrored):
-    # Chunks of 3 batches: Lightning alone would stop at the chunk boundary, after 12 steps.
-    model, trainer, _ = _fit(tmp_path, mirrored, 100, max_steps=10)
-    assert trainer.global_step == 10
-    reference, _, _ = _fit(tmp_path, mirrored, 32, max_steps=10)
-    pairs = zip(model.parameters(), reference.parameters(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
+def test_max_steps_stops_at_that_step(fit):
+    _, trainer, _, counter = fit(max_steps=10)
+    assert trainer.global_step == counter.batches == 10
 
 
 def test_optimizer_partial_is_completed_with_the_parameters():

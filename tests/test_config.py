@@ -57,7 +57,8 @@ def test_default_config_is_the_lecture_network():
         ["debug=limit"],
         ["debug=profiler"],
         ["trainer.log_every_n_steps=0"],
-        ["data.chunk_size=1"],
+        ["data.batch_size=1"],
+        ["+trainer.gradient_clip_val=1.0", "+trainer.accumulate_grad_batches=4"],
     ],
 )
 def test_good_overrides_validate(overrides):
@@ -89,7 +90,12 @@ def test_good_overrides_validate(overrides):
         (["callbacks.best_checkpoint.mode=best"], "callbacks.best_checkpoint: `mode` can be"),
         (["+callbacks.x._target_=no.Such"], "callbacks.x._target_=no.Such: cannot import it"),
         (["data.batch_size=0"], "data.batch_size=0: expected a positive integer"),
-        (["data.chunk_size=0"], "data.chunk_size=0"),
+        (["data.batch_size=abc"], "data.batch_size='abc': expected a positive integer"),
+        (["+data.chunk_size=4096"], "data.chunk_size: not an argument of mnist_pipeline.data"),
+        (
+            ["data._target_=torch.nn.Linear"],
+            "data._target_=torch.nn.Linear: expected a pytorch_lightning.LightningDataModule",
+        ),
         (["data.eval_batch_size=-1"], "data.eval_batch_size=-1: expected a positive integer"),
         (
             ["data.val_size=70000"],
@@ -101,8 +107,6 @@ def test_good_overrides_validate(overrides):
         (["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps=-1: expected a whole number"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected a whole number of epochs"),
         (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected a whole number"),
-        (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val: not supported"),
-        (["+trainer.accumulate_grad_batches=4"], "trainer.accumulate_grad_batches: not supported"),
         (["+trainer.max_epoch=3"], "trainer.max_epoch: not a pytorch_lightning.Trainer argument"),
     ],
 )

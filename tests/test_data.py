@@ -3,7 +3,6 @@ import torch
 
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data.datamodule import MNISTDataModule, TensorBatches, split_indices
-from mnist_pipeline.training.chunks import Chunks
 
 
 def test_split_is_deterministic_disjoint_and_complete():
@@ -60,9 +59,7 @@ def test_evaluation_shards_count_every_sample_once():
 def test_datamodule_fetches_splits_and_scales(tmp_path, tiny_mnist, monkeypatch):
     source, sha256s = tiny_mnist
     monkeypatch.setenv("MNIST_MIRROR", str(source))
-    datamodule = MNISTDataModule(
-        tmp_path / "mnist", sha256s, val_size=100, batch_size=32, chunk_size=100
-    )
+    datamodule = MNISTDataModule(tmp_path / "mnist", sha256s, val_size=100, batch_size=32)
     datamodule.prepare_data()
     datamodule.setup("fit")
     assert [len(part[1]) for part in (datamodule.train, datamodule.val, datamodule.test)] == [
@@ -71,27 +68,32 @@ def test_datamodule_fetches_splits_and_scales(tmp_path, tiny_mnist, monkeypatch)
         200,
     ]
     assert datamodule.train[0].dtype == torch.uint8
-    # 500 samples = 16 batches of 32 (the last one 20), in chunks of 100 // 32 = 3 batches.
-    chunks = list(datamodule.train_dataloader())
-    assert len(chunks) == len(datamodule.train_dataloader()) == 6
-    assert [len(chunk) for chunk in chunks] == [3, 3, 3, 3, 3, 1]
-    chunk = datamodule.on_after_batch_transfer(chunks[0], 0)
-    for images, labels in chunk:
-        assert images.dtype == torch.float32 and images.shape == (32, 28, 28)
-        assert 0.0 <= images.min() and images.max() <= 1.0 and labels.dtype == torch.int64
+    # 500 samples = 16 batches of 32, the last one 20.
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == len(datamodule.train_dataloader()) == 16
+    assert [len(labels) for _, labels in batches] == [32] * 15 + [20]
+    images, labels = datamodule.on_after_batch_transfer(batches[0], 0)
+    assert images.dtype == torch.float32 and images.shape == (32, 28, 28)
+    assert 0.0 <= images.min() and images.max() <= 1.0 and labels.dtype == torch.int64
     images, labels = datamodule.on_after_batch_transfer(next(iter(datamodule.val_dataloader())), 0)
     assert images.dtype == torch.float32 and images.shape == (100, 28, 28)
 
 
-def test_chunks_hold_the_same_batches_in_the_same_order():
+def test_a_resumed_epoch_starts_after_the_batches_it_had_trained():
+    done = 4
     batches = _batches(n=103, batch_size=10, shuffle=True)
-    for size in (1, 3, 11, 50):
-        chunks = Chunks(batches, size)
-        flat = [labels for chunk in chunks for _, labels in chunk]
-        assert len(list(chunks)) == len(chunks) == -(-11 // size)
-        assert all(torch.equal(a, b) for a, b in zip(flat, [lb for _, lb in batches], strict=True))
-    with pytest.raises(ValueError, match="at least one batch"):
-        Chunks(batches, 0)
+    batches.progress = lambda: done  # Lightning's count of the epoch's trained batches
+    whole = [labels for _, labels in batches]
+    state = batches.state_dict()
+    assert state == {"epoch": 0, "batches_done": 4}
+    batches.load_state_dict(state)
+    rest = [labels for _, labels in batches]
+    assert all(torch.equal(a, b) for a, b in zip(rest, whole[4:], strict=True))
+    assert len(rest) == 7
+    # Once only; and a state of another epoch (saved at an epoch's end) skips nothing.
+    assert len(list(batches)) == 11
+    batches.load_state_dict({"epoch": 1, "batches_done": 11})
+    assert len(list(batches)) == 11
 
 
 def test_a_validation_split_larger_than_other_data_files_is_a_config_error(

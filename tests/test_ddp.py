@@ -39,7 +39,7 @@ def test_ddp_on_two_cpu_processes(tiny_run, tmp_path, monkeypatch):
         assert len(rank0) == len(rank1) == 250
         assert not set(rank0) & set(rank1)
         assert sorted(rank0 + rank1) == sorted(split)
-    # Several optimizer steps per chunk, gradients all-reduced at each: the ranks stay equal.
+    # Gradients all-reduced at each step: the ranks stay equal.
     weights = {(seen / f"rank{r}-weights.txt").read_text() for r in (0, 1)}
     assert len(weights) == 1
 

@@ -28,11 +28,12 @@ def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_s
     assert params["optimizer.lr"] == "0.001" and params["trainer.max_epochs"] == "2"
     assert params["data.val_size"] == "100"
 
-    # 500 samples in batches of 50: 10 optimizer steps per epoch; steps count optimizer steps.
+    # 500 samples in batches of 50: 10 optimizer steps per epoch; a value's step is Lightning's:
+    # the index (from 0) of the optimizer step it was logged at, or the epoch's last.
     history = client.get_metric_history(run.info.run_id, "val/acc")
-    assert [m.step for m in history] == [10, 20]  # once per epoch
+    assert [m.step for m in history] == [9, 19]  # once per epoch
     history = client.get_metric_history(run.info.run_id, "train/loss_step")
-    assert [m.step for m in history] == [4, 8, 12, 16, 20]
+    assert [m.step for m in history] == [3, 7, 11, 15, 19]
     assert all(0 < m.value < 3 for m in history)
     for key in ("train/loss", "train/acc", "val/loss", "test/acc", "test/loss", "eval/accuracy"):
         assert key in run.data.metrics, key

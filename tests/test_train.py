@@ -12,7 +12,6 @@ from conftest import REPO
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.stages import silence_known_noise
 from mnist_pipeline.training.checkpoints import load_network, read_checkpoint
-from mnist_pipeline.training.chunks import train_on_chunk
 from mnist_pipeline.training.curve import read_curve
 
 FIGURES = ("confusion_matrix", "misclassified", "first_layer_weights", "digit_walkthrough")
@@ -101,17 +100,13 @@ def test_debug_fast_dev_run(train_tiny, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # and logs nothing
 
 
-def test_debug_overfit_learns_one_chunk_by_heart(train_tiny, tmp_path):
+def test_debug_overfit_learns_one_batch_by_heart(train_tiny, tmp_path):
     # The base overrides set max_epochs=2, and the command line wins over debug=: set it back.
-    train_tiny(
-        "debug=overfit",
-        "trainer.max_epochs=20",
-        "logger=none",
-        "report=false",
-        "data.chunk_size=100",
-    )
+    train_tiny("debug=overfit", "trainer.max_epochs=20", "logger=none", "report=false")
     curve = read_curve(tmp_path / "run" / "reports" / "training_curve.csv")
+    # One batch of 50 samples an epoch (Lightning's overfit_batches=1), the same one each time.
     assert len(curve) == 20 and curve[-1]["train_acc"] == 1.0
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 20
 
 
 @pytest.mark.parametrize("option", ["limit", "profiler"])
@@ -207,12 +202,12 @@ NOISE = (
 def test_the_console_counts_batches_and_holds_nothing_to_learn_to_ignore(train_tiny, capfd, caplog):
     silence_known_noise()  # as every entry point does
     caplog.set_level("INFO")
-    # 500 training images in batches of 50: 10 batches an epoch, in chunks of 4, 4 and 2.
+    # 500 training images in batches of 50: 10 batches an epoch, the bar redrawn every 4.
     train_tiny(
         "logger=none",
         "report=false",
         "trainer.max_epochs=1",
-        "data.chunk_size=200",
+        "callbacks.progress_bar.refresh_rate=4",
         "trainer.enable_progress_bar=true",
         "trainer.enable_model_summary=true",
     )
@@ -220,26 +215,27 @@ def test_the_console_counts_batches_and_holds_nothing_to_learn_to_ignore(train_t
     assert [line for line in console.splitlines() if any(n in line for n in NOISE)] == [], console
     epoch = [line for line in console.splitlines() if line.startswith("Epoch 0:")]
     counts = [line.split("|")[2].split()[0] for line in epoch if "%|" in line]
-    assert list(dict.fromkeys(counts)) == ["0/10", "4/10", "8/10", "10/10"]  # not 1/3, 2/3, 3/3
+    assert list(dict.fromkeys(counts)) == ["0/10", "4/10", "8/10", "10/10"]
     assert "v_num" not in console
 
 
 def test_ctrl_c_saves_its_checkpoint_quietly(train_tiny, tmp_path, capfd, caplog, monkeypatch):
-    import mnist_pipeline.training.classifier as classifier
+    from mnist_pipeline.training.classifier import Classifier
 
-    chunks = []
+    steps = []
+    training_step = Classifier.training_step
 
-    def interrupted(*args):
-        chunks.append(1)
-        if len(chunks) == 5:  # the second chunk of the second epoch (3 chunks of 4, 4, 2)
+    def interrupted(self, batch, batch_idx):
+        steps.append(batch_idx)
+        if len(steps) == 15:  # the 5th batch of the second epoch (10 batches an epoch)
             raise KeyboardInterrupt
-        return train_on_chunk(*args)
+        return training_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(classifier, "train_on_chunk", interrupted)
+    monkeypatch.setattr(Classifier, "training_step", interrupted)
     silence_known_noise()
     caplog.set_level("INFO")
     with pytest.raises(SystemExit) as stop:
-        train_tiny("logger=none", "data.chunk_size=200")
+        train_tiny("logger=none")
     assert stop.value.code == 130
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 14
     console = "".join(capfd.readouterr()) + caplog.text

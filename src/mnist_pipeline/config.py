@@ -1,11 +1,12 @@
 """The config check: every key the pipeline reads, refused at once when it cannot work.
 
 `conf/` (or DVC's composed `params.yaml`) is checked before any data is loaded or any run is
-opened, so a typo or a bad value fails at once, naming the key. The fixed part (data, paths,
-trainer) has a schema; the parts built from `_target_` (model, optimizer, scheduler, loggers,
+opened, so a typo or a bad value fails at once, naming the key. The fixed part (paths, trainer)
+has a schema; the parts built from `_target_` (data, model, optimizer, scheduler, loggers,
 callbacks) are checked against their class: the class must import, every key must be one of
-its arguments, and the networks, optimizers, schedulers and callbacks are built once on the
-spot, so that their own argument checks run too (building them costs milliseconds).
+its arguments, and the data module, network, optimizer, scheduler and callbacks are built on
+the spot, so that their own argument checks run too (building them costs milliseconds; the
+data module loads its data later, in `prepare_data`/`setup`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.networks import ArgumentError
 
-# MNIST's training file (data.files pins its content): the validation images come from it.
-MNIST_TRAIN_IMAGES = 60_000
-
 # Keys of a part's config that the pipeline fills in when they are null (see `parts`).
 RUN_DIR_KEYS = ("save_dir", "dirpath")
+# Keys of the data config that hold paths: relative ones are taken from the repository root.
+DATA_PATH_KEYS = ("dir", "data_dir", "local_mirror")
 
 
 class ConfigError(UserError):
@@ -44,28 +45,14 @@ class PathsConfig:
 
 
 @dataclass
-class DataConfig:
-    dir: str = "data/mnist"
-    local_mirror: str | None = "data/raw"
-    mirrors: list[str] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
-    val_size: int = 5000
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    chunk_size: int = 4096
-    split_seed: int = 0
-    timeout: float = 30.0
-
-
-@dataclass
 class Config:
     seed: int = 42
     ckpt_path: str | None = None
     # Write the evaluation report (metrics.json, figures) after training.
     report: bool = True
     paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     # Built from `_target_` and checked against their classes, not a schema.
+    data: Any = None
     model: Any = None
     optimizer: Any = None
     scheduler: Any = None
@@ -75,13 +62,24 @@ class Config:
     trainer: dict[str, Any] = field(default_factory=dict)
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """`cfg` checked; a `ConfigError` names each bad key, one line each."""
+def validate(cfg: DictConfig, built: dict[str, Any] | None = None) -> DictConfig:
+    """`cfg` checked; a `ConfigError` names each bad key, one line each.
+
+    Given `built`, the data module and the network the check builds are kept there
+    (`built["data"]`, `built["model"]`) for the caller, who then builds neither again; every
+    random generator is seeded with `seed` first, as a training starts, so that the network's
+    initial weights are the seed's.
+    """
     try:
         checked = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except OmegaConfBaseException as error:
         raise ConfigError(_describe(error)) from None
-    problems = _data_problems(checked) + _trainer_problems(checked) + _part_problems(checked)
+    if built is not None:
+        pl.seed_everything(checked.seed, workers=True, verbose=False)
+    built = {} if built is None else built
+    problems = (
+        _data_problems(checked, built) + _trainer_problems(checked) + _part_problems(checked, built)
+    )
     problems += _device_problems(checked)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -94,18 +92,17 @@ def _describe(error: OmegaConfBaseException) -> str:
     return f"{key}: {message}" if key else f"invalid config: {message}"
 
 
-def _data_problems(cfg: DictConfig) -> list[str]:
-    problems = [
-        f"data.{key}={cfg.data[key]}: expected a positive integer"
-        for key in ("batch_size", "eval_batch_size", "chunk_size")
-        if cfg.data[key] <= 0
-    ]
-    if not 0 < cfg.data.val_size < MNIST_TRAIN_IMAGES:
-        problems.append(
-            f"data.val_size={cfg.data.val_size}: expected 1 to {MNIST_TRAIN_IMAGES - 1} "
-            f"(validation images, taken from the {MNIST_TRAIN_IMAGES} training images)"
-        )
+def _data_problems(cfg: DictConfig, built: dict[str, Any]) -> list[str]:
+    problems = _target_problems(cfg.data, "data", base="pytorch_lightning.LightningDataModule")
+    if not problems:
+        problems += _built(lambda: built.update(data=build_datamodule(cfg.data)), "data")
     return problems
+
+
+def build_datamodule(data: DictConfig) -> pl.LightningDataModule:
+    """The data module of a `data` config, its relative paths taken from the repository root."""
+    paths = {key: resolve_path(PROJECT_ROOT, data[key]) for key in DATA_PATH_KEYS if data.get(key)}
+    return instantiate(data, **{key: str(path) for key, path in paths.items()})
 
 
 def _trainer_problems(cfg: DictConfig) -> list[str]:
@@ -127,12 +124,6 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
             f"trainer.log_every_n_steps={every!r}: expected a whole number of optimizer steps "
             "(0: no step loss)"
         )
-    for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
-        if cfg.trainer.get(key, default) != default:
-            problems.append(
-                f"trainer.{key}: not supported: the model steps its optimizer itself, once per "
-                "batch of each training chunk (data.chunk_size), so Lightning cannot"
-            )
     return problems
 
 
@@ -147,10 +138,10 @@ def _device_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
-def _part_problems(cfg: DictConfig) -> list[str]:
-    problems = _target_problems(cfg.model, "model", nn_module=True)
+def _part_problems(cfg: DictConfig, built: dict[str, Any]) -> list[str]:
+    problems = _target_problems(cfg.model, "model", base="torch.nn.Module")
     if not problems:
-        problems += _built(lambda: instantiate(cfg.model), "model")
+        problems += _built(lambda: built.update(model=instantiate(cfg.model)), "model")
     optimizer_problems = _target_problems(cfg.optimizer, "optimizer", skip=1)
     lr = (cfg.optimizer or {}).get("lr", 1.0)
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf"):
@@ -182,11 +173,11 @@ def _part_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _target_problems(part: Any, key: str, skip: int = 0, nn_module: bool = False) -> list[str]:
+def _target_problems(part: Any, key: str, skip: int = 0, base: str | None = None) -> list[str]:
     """Is `part` a `_target_` config whose class imports and takes each of its keys?
 
     `skip`: leading arguments given at run time (an optimizer's parameters, a scheduler's
-    optimizer), which the config must not set.
+    optimizer), which the config must not set. `base`: the dotted path of a class it must subclass.
     """
     if not OmegaConf.is_dict(part) or not part.get("_target_"):
         return [
@@ -198,8 +189,8 @@ def _target_problems(part: Any, key: str, skip: int = 0, nn_module: bool = False
     except Exception as error:  # noqa: BLE001  Hydra wraps every import failure differently
         reason = str(error).strip().splitlines()[-1]
         return [f"{key}._target_={target}: cannot import it ({reason})"]
-    if nn_module and not (inspect.isclass(factory) and issubclass(factory, torch.nn.Module)):
-        return [f"{key}._target_={target}: expected a torch.nn.Module class"]
+    if base and not (inspect.isclass(factory) and issubclass(factory, get_object(base))):
+        return [f"{key}._target_={target}: expected a {base} class"]
     try:
         parameters = list(inspect.signature(factory).parameters.values())[skip:]
     except (TypeError, ValueError):

@@ -1,9 +1,11 @@
 """The objects of a training, built from their config groups with `hydra.utils.instantiate`.
 
-A new network, logger or callback is a YAML file in its group (plus, for a network, the Python
-file of its class); nothing here names one. A `save_dir` or `dirpath` left null in a logger's
-or callback's config is this run's output directory (`checkpoints/` for a callback), which a
-config cannot name itself: `${hydra:...}` interpolations break DVC's composition.
+A new data module, network, logger or callback is a YAML file in its group (plus, for a data
+module or a network, the Python file of its class); nothing here names one. The data module and
+the network are built by the config check (`config.validate`), which hands them on. A
+`save_dir` or `dirpath` left null in a logger's or callback's config is this run's output
+directory (`checkpoints/` for a callback), which a config cannot name itself: `${hydra:...}`
+interpolations break DVC's composition.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import Logger, MLFlowLogger
 from torch import nn
 
-from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.config import RUN_DIR_KEYS, ConfigError, resolve_path
-from mnist_pipeline.data.datamodule import MNISTDataModule
+from mnist_pipeline.config import RUN_DIR_KEYS, ConfigError
 from mnist_pipeline.tracking.logger import default_run_name
 from mnist_pipeline.training.classifier import Classifier
 
@@ -32,40 +32,12 @@ def part_configs(cfg: DictConfig) -> dict[str, Any]:
     return {name: OmegaConf.to_container(cfg[name], resolve=True) or None for name in PARTS}
 
 
-def build_network(model: DictConfig | dict[str, Any]) -> nn.Module:
-    """The network of a `model` config."""
-    return instantiate(model)
-
-
-def build_classifier(cfg: DictConfig) -> Classifier:
-    """The LightningModule of `cfg.model`, `cfg.optimizer` and `cfg.scheduler`."""
+def build_classifier(cfg: DictConfig, net: nn.Module) -> Classifier:
+    """The LightningModule training `net` (built from `cfg.model`) with `cfg.optimizer` and
+    `cfg.scheduler`."""
     parts = part_configs(cfg)
     scheduler = instantiate(parts["scheduler"]) if parts["scheduler"] else None
-    return Classifier(
-        build_network(parts["model"]),
-        instantiate(parts["optimizer"]),
-        scheduler,
-        parts=parts,
-        log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50),
-    )
-
-
-def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
-    """The data module of `cfg.data`, relative paths taken from the repository root."""
-    data = cfg.data
-    return MNISTDataModule(
-        dir=resolve_path(PROJECT_ROOT, data.dir),
-        files=data.files,
-        mirrors=data.mirrors,
-        local_mirror=resolve_path(PROJECT_ROOT, data.local_mirror) if data.local_mirror else None,
-        val_size=data.val_size,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        chunk_size=data.chunk_size,
-        split_seed=data.split_seed,
-        shuffle_seed=cfg.seed,
-        timeout=data.timeout,
-    )
+    return Classifier(net, instantiate(parts["optimizer"]), scheduler, parts=parts)
 
 
 def _run_dirs(part: DictConfig, out: Path) -> dict[str, str]:

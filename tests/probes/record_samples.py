@@ -23,9 +23,9 @@ class RecordSamples(pl.Callback):
     def __init__(self, dirpath: str) -> None:
         self.directory, self.seen = Path(dirpath).parent / "seen", []
 
-    def on_train_batch_start(self, trainer, pl_module, chunk, chunk_idx) -> None:
-        for images, _ in chunk:
-            self.seen += sample_hashes((images * 255).round().byte())
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        images, _ = batch
+        self.seen += sample_hashes((images * 255).round().byte())
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,6 @@ The whole data set is 47 MB of uint8, so it is read once into tensors (on the GP
 there) and every batch is a slice of a per-epoch permutation: no per-sample `__getitem__`, no
 collate, no worker processes. Pixels stay uint8 until the batch is on its device, where they
 become float32 in [0, 1], the input the model expects.
-
-Training batches reach Lightning in chunks of consecutive batches (`training.chunks`).
 """
 
 from __future__ import annotations
@@ -19,9 +17,11 @@ import torch
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data.download import fetch
 from mnist_pipeline.data.idx import load_images_and_labels
-from mnist_pipeline.training.chunks import Chunks
+from mnist_pipeline.networks import ArgumentError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# MNIST's training file (`files` pins its content): the validation images come from it.
+MNIST_TRAIN_IMAGES = 60_000
 
 
 class TensorBatches:
@@ -31,6 +31,12 @@ class TensorBatches:
     shards are disjoint and together cover the data once. For training, the permutation is cut
     to a multiple of `world_size` (at most `world_size - 1` samples, a different few each
     epoch) so that every rank runs the same number of steps; DDP hangs otherwise.
+
+    Stateful, as Lightning's loops expect of a resumable loader: a checkpoint saved mid-epoch
+    records (epoch, `progress()` batches trained in it), and the iteration of a training
+    resumed from it starts after those batches, so none is trained twice or skipped.
+    (Lightning asks for the state while it already holds the next batch, so the count comes
+    from its progress, not from this iterator.)
     """
 
     def __init__(
@@ -43,10 +49,12 @@ class TensorBatches:
         epoch: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
+        progress: Callable[[], int] = lambda: 0,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.progress = rank, world_size, progress
+        self._resume: dict[str, int] | None = None
 
     def indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in batch order."""
@@ -74,9 +82,17 @@ class TensorBatches:
             images, labels = self.images[order], self.labels[order]
         else:
             images, labels = self.images, self.labels
-        for start in range(0, len(labels), self.batch_size):
+        resume, self._resume = self._resume, None
+        done = resume["batches_done"] if resume and resume["epoch"] == self.epoch() else 0
+        for start in range(done * self.batch_size, len(labels), self.batch_size):
             end = start + self.batch_size
             yield images[start:end], labels[start:end]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch(), "batches_done": self.progress()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -94,23 +110,32 @@ class MNISTDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         shuffle_seed: int = 0,
         timeout: float = 30.0,
-        chunk_size: int = 4096,
     ) -> None:
         super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ArgumentError(name, value, "expected a positive integer")
+        if not isinstance(val_size, int) or not 0 < val_size < MNIST_TRAIN_IMAGES:
+            raise ArgumentError(
+                "val_size",
+                val_size,
+                f"expected 1 to {MNIST_TRAIN_IMAGES - 1} (validation images, taken from the "
+                f"{MNIST_TRAIN_IMAGES} training images)",
+            )
         self.dir = Path(dir)
         self.files = dict(files)
+        self.local_mirror = Path(local_mirror) if local_mirror else None
         self.mirrors = ([str(local_mirror)] if local_mirror else []) + list(mirrors)
         self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
         self.split_seed, self.shuffle_seed, self.timeout = split_seed, shuffle_seed, timeout
-        # Whole batches per training chunk: at least one, about `chunk_size` samples.
-        self.batches_per_chunk = max(1, chunk_size // batch_size)
         self.train: Batch | None = None
         self.val: Batch | None = None
         self.test: Batch | None = None
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node, so ranks never download concurrently.
-        fetch(self.dir, self.files, self.mirrors, timeout=self.timeout)
+        # The local mirror is the folder data.dvc pins: a first download fills it.
+        fetch(self.dir, self.files, self.mirrors, timeout=self.timeout, pinned=self.local_mirror)
 
     def _load(self, split: str) -> Batch:
         prefix = {"train": "train", "test": "t10k"}[split]
@@ -136,29 +161,28 @@ class MNISTDataModule(pl.LightningDataModule):
         test_images, test_labels = self._load("test")
         self.test = test_images.to(keep_on), test_labels.to(keep_on)
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
     def _batches(self, data: Batch, batch_size: int, shuffle: bool = False) -> TensorBatches:
-        rank, world_size = self._rank_and_world()
-        epoch = (lambda: self.trainer.current_epoch) if self.trainer else (lambda: 0)
-        return TensorBatches(*data, batch_size, shuffle, self.shuffle_seed, epoch, rank, world_size)
+        if self.trainer is None:
+            return TensorBatches(*data, batch_size, shuffle, self.shuffle_seed)
+        trainer = self.trainer
+        return TensorBatches(
+            *data,
+            batch_size,
+            shuffle,
+            self.shuffle_seed,
+            epoch=lambda: trainer.current_epoch,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
 
-    def train_dataloader(self) -> Chunks:
+    def train_dataloader(self) -> TensorBatches:
         # Overfitting (trainer.overfit_batches) means the same samples every epoch.
         shuffle = not (self.trainer and self.trainer.overfit_batches)
         batches = self._batches(self.train, self.batch_size, shuffle=shuffle)
-        if self.trainer is None:
-            return Chunks(batches, self.batches_per_chunk)
-        loop = self.trainer.fit_loop
-        return Chunks(
-            batches,
-            self.batches_per_chunk,
-            epoch=lambda: self.trainer.current_epoch,
-            progress=lambda: loop.epoch_loop.batch_progress.current.completed,
-        )
+        if self.trainer is not None:  # resumable mid-epoch: see TensorBatches
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress
+            batches.progress = lambda: progress.current.completed
+        return batches
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self.val, self.eval_batch_size)
@@ -166,17 +190,9 @@ class MNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> TensorBatches:
         return self._batches(self.test, self.eval_batch_size)
 
-    def on_after_batch_transfer(
-        self, batch: Batch | list[Batch], dataloader_idx: int
-    ) -> Batch | list[Batch]:
-        if isinstance(batch, list):  # a training chunk
-            return [_scaled(images, labels) for images, labels in batch]
-        return _scaled(*batch)
-
-
-def _scaled(images: torch.Tensor, labels: torch.Tensor) -> Batch:
-    """uint8 pixels -> float32 in [0, 1], on the device the batch is on."""
-    return images.float().div_(255.0), labels
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        images, labels = batch  # uint8 pixels -> float32 in [0, 1], on the batch's device
+        return images.float().div_(255.0), labels
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mnist_pipeline.parts import build_datamodule
+from mnist_pipeline.config import build_datamodule
 from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.tracking.sweeps import mlflow_settings
 from mnist_pipeline.training.checkpoints import load_network
@@ -24,7 +24,7 @@ def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, Any]:
     the MLflow logger is on; the run keeps the status it had.
     """
     net, run_id = load_network(ckpt_path)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
     images, labels = datamodule.test

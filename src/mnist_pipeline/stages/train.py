@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -20,13 +21,7 @@ from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_json
 from mnist_pipeline.config import ConfigError, differing_keys, flatten, resolve_path, validate
 from mnist_pipeline.networks import describe
-from mnist_pipeline.parts import (
-    build_callbacks,
-    build_classifier,
-    build_datamodule,
-    build_loggers,
-    part_configs,
-)
+from mnist_pipeline.parts import build_callbacks, build_classifier, build_loggers, part_configs
 from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.search.trial import TrialPruning, current_trial
 from mnist_pipeline.stages.outputs import held, output_dir
@@ -48,7 +43,9 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> float:
     """Fit on train/val, test the best checkpoint, report; returns the best validation accuracy."""
-    cfg = validate(cfg)
+    # Seeded, then the network and the data module built, once: the check builds them anyway.
+    built: dict[str, Any] = {}
+    cfg = validate(cfg, built)
     if rank_zero_only.rank == 0:
         warn_if_params_stale()  # the DVC stage: is params.yaml what conf/ says?
     resume = resume_from(cfg.ckpt_path)
@@ -76,11 +73,12 @@ def train(cfg: DictConfig) -> float:
         mlflow = next((lg for lg in loggers if isinstance(lg, MLflowLogger)), None)
         try:
             with sigterm_stops(), ending_run(mlflow):
-                pl.seed_everything(cfg.seed, workers=True, verbose=False)
-                model = build_classifier(cfg)
+                model = build_classifier(cfg, built["model"])
                 if rank_zero_only.rank == 0:  # once, not once per DDP process
                     log.info("model: %s; output: %s", describe(model.net), out)
-                best_val_acc = _fit_test_report(cfg, model, out, resume, loggers, mlflow)
+                best_val_acc = _fit_test_report(
+                    cfg, model, built["data"], out, resume, loggers, mlflow
+                )
         except SIGTERMException as stop:
             # Lightning stops on SIGTERM with a bare SystemExit (exit status 0): say "killed".
             raise SystemExit(128 + signal.SIGTERM) from stop
@@ -92,29 +90,25 @@ def train(cfg: DictConfig) -> float:
 def _fit_test_report(
     cfg: DictConfig,
     model: Classifier,
+    datamodule: pl.LightningDataModule,
     out: Path,
     resume: Path | None,
     loggers: list[Any],
     mlflow: MLflowLogger | None,
 ) -> float:
-    datamodule = build_datamodule(cfg)
     callbacks = build_callbacks(cfg, out)
     if mlflow is not None:
         callbacks.append(RunIdInCheckpoint(lambda: mlflow.run_id))
     if (trial := current_trial()) is not None:  # a trial of a search: report, maybe prune
         callbacks.append(TrialPruning(trial))
     reports = out / "reports"
-    curve = TrainingCurve(reports / "training_curve.csv", resumed=resume is not None)
+    # Whichever loggers are configured: the curve comes from this one.
+    csv_log = CSVLogger(out)
+    callbacks.append(TrainingCurve(csv_log, reports / "training_curve.csv"))
     trainer = pl.Trainer(
-        **{
-            **cfg.trainer,
-            # The model logs the loss every `log_every_n_steps` optimizer steps itself; to
-            # Lightning a step is a chunk of batches, and it has nothing to log per step.
-            "log_every_n_steps": 1,
-        },
+        **cfg.trainer,
         callbacks=callbacks,
-        # The curve last: once it shows an epoch, the other loggers have it too.
-        logger=[*loggers, curve],
+        logger=[*loggers, csv_log],
         default_root_dir=out,
         plugins=[AtomicCheckpointIO()],
     )
@@ -199,7 +193,7 @@ def sigterm_stops() -> Iterator[None]:
     """SIGTERM ends the training as Ctrl-C does, whatever phase it is in (exit status 143).
 
     During `fit` Lightning's handler is installed around this one and calls it after its own:
-    Lightning then stops at the next chunk with `last.ckpt` saved, so this one stands back.
+    Lightning then stops after the current batch with `last.ckpt` saved, so this one stands back.
     Elsewhere (loading data, testing, drawing the report) the default action would kill the
     process on the spot and leave its MLflow run RUNNING.
     """

@@ -330,7 +330,8 @@ class MLflowLogger(MLFlowLogger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         self._pending += [(key, float(value), now, step or 0) for key, value in metrics.items()]
-        if "epoch" in metrics:
+        # Lightning adds "epoch" to every call: per-step values (`*_step`) wait for the epoch's.
+        if any(key != "epoch" and not key.endswith("_step") for key in metrics):
             self.flush()
 
     def flush(self) -> None:

@@ -8,26 +8,24 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_pipeline.networks import NUM_CLASSES
-from mnist_pipeline.training.chunks import train_on_chunk
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+Batch = tuple[torch.Tensor, torch.Tensor]
 RNG_KEY = "rng_states"
 
 
 class Classifier(pl.LightningModule):
-    """Cross-entropy training of `net`; accuracy and loss for train/val/test via torchmetrics.
+    """Cross-entropy training of `net`; accuracy and loss of train/val/test via torchmetrics.
 
     `optimizer` and `scheduler` are partials (Hydra `_partial_: true`) completed with the
-    parameters and the optimizer. `parts` is the config they were built from (model, optimizer,
-    scheduler): saved as the hyperparameters, so a checkpoint can be rebuilt and a resume
-    checked against it. A training "batch" is a chunk of batches (`training.chunks`); metrics
-    are accumulated on the device and logged once per epoch, plus the train loss every
-    `log_every_n_steps` optimizer steps: a `self.log` call costs more than a step of the MLP.
+    parameters and the optimizer; the scheduler steps once per epoch. `parts` is the config
+    they were built from (model, optimizer, scheduler): saved as the hyperparameters, so a
+    checkpoint can be rebuilt and a resume checked against it.
     """
 
     def __init__(
@@ -36,82 +34,78 @@ class Classifier(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         parts: Mapping[str, Any] | None = None,
-        log_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            {"parts": dict(parts or {}), "log_every_n_steps": log_every_n_steps}, logger=False
-        )
-        self.automatic_optimization = False
+        self.save_hyperparameters({"parts": dict(parts or {})}, logger=False)
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
-        self.loss = nn.CrossEntropyLoss()
-        # Training counts correct answers and sums losses itself and updates once per chunk.
-        metrics: dict[str, nn.Module] = {"train_acc": MeanMetric(), "train_loss": MeanMetric()}
-        for stage in ("val", "test"):
-            metrics[f"{stage}_acc"] = MulticlassAccuracy(
-                NUM_CLASSES, average="micro", validate_args=False
-            )
-            metrics[f"{stage}_loss"] = MeanMetric()
-        self.metrics = nn.ModuleDict(metrics)
-        for name in ("train_acc", "train_loss"):
-            # Saved with the checkpoint: a training resumed mid-epoch reports the whole epoch.
-            self.metrics[name].persistent(True)
+        self.criterion = nn.CrossEntropyLoss()
+        # validate_args=False: the labels are checked once, when the data is read.
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False) for _ in range(3)
+        )
+        # nan_strategy="disable": no NaN check, which reads the value back to the host every step
+        # (a NaN loss shows as a NaN mean all the same).
+        self.train_loss, self.val_loss, self.test_loss = (
+            MeanMetric(nan_strategy="disable") for _ in range(3)
+        )
+        self.val_acc_best = MaxMetric()
+        # Saved in checkpoints: a training resumed mid-epoch reports the whole epoch.
+        for metric in (self.train_acc, self.train_loss, self.val_acc_best):
+            metric.persistent(True)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net(pixels)
 
-    def training_step(self, chunk: list[tuple[torch.Tensor, torch.Tensor]], chunk_idx: int) -> None:
-        done = train_on_chunk(self, chunk, self.loss, self._on_step)
-        if done is not None:
-            samples, correct, loss_sum = done
-            self.metrics["train_acc"].update(correct / samples, weight=samples)
-            self.metrics["train_loss"].update(loss_sum / samples, weight=samples)
-
-    def _on_step(self, step: int, loss: torch.Tensor, batch_size: int) -> None:
-        every = self.hparams.log_every_n_steps  # 0: never, as in Lightning
-        if not every or step % every:
-            return
-        # Straight to the loggers: Lightning would log at its own count of (chunk) batches.
-        value = loss.item()
-        for logger in self.loggers:
-            logger.log_metrics({"train/loss_step": value}, step=step)
-        self.log("train/loss_step", loss, prog_bar=True, logger=False, batch_size=batch_size)
-
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean loss, predicted classes, labels) of a batch."""
         pixels, labels = batch
         logits = self(pixels)
-        self.metrics[f"{stage}_acc"].update(logits, labels)
-        self.metrics[f"{stage}_loss"].update(self.loss(logits, labels), weight=labels.numel())
+        return self.criterion(logits, labels), logits.argmax(dim=-1), labels
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def on_train_epoch_start(self) -> None:
+        # Lightning resets them after the epoch's end, but a checkpoint saved at the end holds
+        # them whole; not called when a training resumes mid-epoch, which keeps them.
+        self.train_loss.reset()
+        self.train_acc.reset()
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _log_epoch(self, stage: str) -> None:
-        # compute() all-reduces across DDP ranks, so every rank logs the same global value.
-        values = {}
-        for name in ("acc", "loss"):
-            metric = self.metrics[f"{stage}_{name}"]
-            values[f"{stage}/{name}"] = metric.compute()
-            metric.reset()
-        self.log_dict(values, prog_bar=stage == "val")
-        # Steps on the x-axis are optimizer steps, as for the step loss; Lightning would count
-        # chunks. With "step" given, Lightning no longer adds "epoch" itself.
-        self.log_dict({"step": float(self.global_step), "epoch": float(self.current_epoch)})
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, preds, labels = self.model_step(batch)
+        # update(), not forward(): nothing per step is computed that the epoch does not need.
+        self.train_loss.update(loss, weight=len(labels))
+        self.train_acc.update(preds, labels)
+        # A `self.log` call costs about as much as a whole step of the MLP on a CPU (~1 ms), so
+        # the step loss is logged on the steps Lightning sends to the loggers
+        # (`trainer.log_every_n_steps`) only; the progress bar shows the latest.
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            self.log("train/loss_step", loss.detach(), prog_bar=True)
+        return loss
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()  # per epoch: schedules are configured in epochs
+        # Once an epoch, for the same reason: Lightning computes and resets them.
+        self.log("train/loss", self.train_loss)
+        self.log("train/acc", self.train_acc)
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        loss, preds, labels = self.model_step(batch)
+        accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
+        mean_loss.update(loss, weight=len(labels))
+        accuracy.update(preds, labels)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
+        if self.trainer.sanity_checking:  # the sanity check's few batches are no result
+            return
+        self.val_acc_best.update(self.val_acc.compute())
+        # compute() all-reduces across DDP ranks: each has the same value, the sync is a no-op.
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The random state (dropout) too: a resumed training continues the same sequence.
@@ -131,4 +125,8 @@ class Classifier(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -1,7 +1,9 @@
 """`reports/training_curve.csv`: per-epoch train/val loss and accuracy of a training.
 
 A DVC plot, an MLflow artifact, the source of the curves figure and of the activation
-comparison. Always written, whichever loggers are on.
+comparison. Always written, whichever loggers are on: Lightning's `CSVLogger` records every
+logged value (`<output dir>/lightning_logs/version_<n>/metrics.csv`, a new version for each
+resume), and `TrainingCurve` keeps the epoch columns of it, one row per epoch.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import Logger
-from pytorch_lightning.utilities import rank_zero_only
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
 
 from mnist_pipeline.atomic import atomic_write_text
 
@@ -30,45 +32,50 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
         ]
 
 
-class TrainingCurve(Logger):
-    """Writes the curve CSV as the epochs' metrics arrive; a resumed training continues it.
+def curve_rows(metrics_files: list[Path], epochs: int) -> list[dict[str, Any]]:
+    """One row per epoch 1..`epochs` from CSVLogger `metrics.csv` files, oldest first: a value
+    logged again (by a resumed training) replaces the earlier one."""
+    rows: dict[int, dict[str, Any]] = {}
+    for path in metrics_files:
+        with path.open() as file:
+            for logged in csv.DictReader(file):
+                if not logged.get("epoch"):
+                    continue
+                epoch = int(float(logged["epoch"])) + 1
+                values = {
+                    column: round(float(value), 6)
+                    for column in CURVE_COLUMNS[1:]
+                    if (value := logged.get(column.replace("_", "/", 1)))
+                }
+                if values and epoch <= epochs:
+                    rows.setdefault(epoch, {"epoch": epoch}).update(values)
+    return [rows[epoch] for epoch in sorted(rows)]
 
-    A logger rather than a callback: loggers get the epoch's metrics after every hook has
-    logged them.
-    """
 
-    def __init__(self, path: Path, resumed: bool = False) -> None:
-        super().__init__()
-        self.path = path
-        rows = read_curve(path) if resumed else []
-        self.rows = {int(row["epoch"]): {**row, "epoch": int(row["epoch"])} for row in rows}
+class TrainingCurve(pl.Callback):
+    """Writes `path` from `logger`'s files when an epoch's values are all logged: when the next
+    epoch starts and when training ends (Lightning logs an epoch's train metrics after every
+    `on_train_epoch_end` hook)."""
 
-    @property
-    def name(self) -> str:
-        return "training_curve"
+    def __init__(self, logger: CSVLogger, path: Path) -> None:
+        self.logger, self.path = logger, path
 
-    @property
-    def version(self) -> int:
-        return 0
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
 
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
 
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        values = {
-            column: round(float(metrics[key]), 6)
-            for column in CURVE_COLUMNS[1:]
-            if (key := column.replace("_", "/", 1)) in metrics
-        }
-        if not values or "epoch" not in metrics:
+    def write(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero or not trainer.current_epoch:
             return
-        epoch = int(metrics["epoch"]) + 1
-        self.rows.setdefault(epoch, {"epoch": epoch}).update(values)
-        rows = [self.rows[e] for e in sorted(self.rows) if e <= epoch]
+        self.logger.save()
+        versions = Path(self.logger.root_dir).glob("version_*/metrics.csv")
+        files = sorted(versions, key=lambda path: int(path.parent.name.split("_")[1]))
+        if not files:  # nothing logged (fast_dev_run swaps the loggers out)
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(curve_rows(files, trainer.current_epoch))
         atomic_write_text(self.path, buffer.getvalue())
