@@ -143,3 +143,21 @@ def test_reports_are_valid_json_even_when_a_training_diverged(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"loss": float("nan"), "acc": [float("inf"), 0.5]})
     text = (tmp_path / "m.json").read_text()
     assert json.loads(text, parse_constant=refuse) == {"loss": None, "acc": [None, 0.5]}
+
+
+def test_a_diverged_training_stops_at_that_step_as_a_failure(cli, tiny_cli_overrides, tmp_path):
+    result = cli("train", *tiny_cli_overrides, "optimizer=sgd", "optimizer.lr=1e12")
+    assert result.returncode == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("error: the training diverged: its loss became ")
+    assert error.endswith(
+        "; lower optimizer.lr (it is 1000000000000.0); the checkpoints saved before are kept"
+    )
+    step = int(error.split(", step ")[1].split(";")[0])
+    assert step < 10  # where it happened, not at an epoch's end (10 steps an epoch here)
+    assert "Traceback" not in result.stderr + result.stdout
+    (run,) = mlflow_runs(tmp_path)[1]
+    assert run.info.status == "FAILED"
+    # Nothing of the broken network was written: no checkpoint, no report.
+    assert list((tmp_path / "run").glob("**/*.ckpt")) == []
+    assert not (tmp_path / "run" / "reports" / "train_metrics.json").exists()
