@@ -161,3 +161,26 @@ def test_a_diverged_training_stops_at_that_step_as_a_failure(cli, tiny_cli_overr
     # Nothing of the broken network was written: no checkpoint, no report.
     assert list((tmp_path / "run").glob("**/*.ckpt")) == []
     assert not (tmp_path / "run" / "reports" / "train_metrics.json").exists()
+
+
+def test_tampered_data_and_no_mirror_is_one_line_and_opens_no_mlflow_run(
+    cli, tiny_cli_overrides, tiny_mnist, tmp_path, monkeypatch
+):
+    from mnist_pipeline.data.download import fetch
+
+    source, sha256s = tiny_mnist
+    data = tmp_path / "data" / "mnist"
+    fetch(data, sha256s, [str(source)], progress=False)
+    with (data / "train-labels-idx1-ubyte").open("r+b") as file:  # one label changed
+        file.seek(20)
+        file.write(b"\x09")
+    monkeypatch.delenv("MNIST_MIRROR")
+    result = cli("train", *tiny_cli_overrides)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: could not fetch train-labels-idx1-ubyte (expected sha256 "
+        f"{sha256s['train-labels-idx1-ubyte']}) (no mirror); set $MNIST_MIRROR to a directory "
+        "or URL holding the MNIST files"
+    )
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # found before any run was opened

@@ -128,14 +128,19 @@ class MNISTDataModule(pl.LightningDataModule):
         self.mirrors = ([str(local_mirror)] if local_mirror else []) + list(mirrors)
         self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
         self.split_seed, self.shuffle_seed, self.timeout = split_seed, shuffle_seed, timeout
+        self._prepared = False
         self.train: Batch | None = None
         self.val: Batch | None = None
         self.test: Batch | None = None
 
     def prepare_data(self) -> None:
-        # Lightning calls this on one process per node, so ranks never download concurrently.
+        # Lightning calls this on one process per node, so ranks never download concurrently;
+        # the train stage calls it first, before opening an MLflow run: once is enough.
+        if self._prepared:
+            return
         # The local mirror is the folder data.dvc pins: a first download fills it.
         fetch(self.dir, self.files, self.mirrors, timeout=self.timeout, pinned=self.local_mirror)
+        self._prepared = True
 
     def _load(self, split: str) -> Batch:
         prefix = {"train": "train", "test": "t10k"}[split]

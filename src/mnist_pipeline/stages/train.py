@@ -66,6 +66,9 @@ def train(cfg: DictConfig) -> float:
                 count, outbox = sync(out)
                 log.info("sent %d kept records to MLflow run %s", count, outbox.run_id)
             return float(json.loads(summary.read_text())["best_val_acc"])
+    if rank_zero_only.rank == 0:
+        # Before any MLflow run is opened: data that cannot be had fails the command, not a run.
+        built["data"].prepare_data()
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
     with held(out) if rank_zero_only.rank == 0 else nullcontext():
         loggers = [] if cfg.trainer.get("fast_dev_run") else build_loggers(cfg, out, run_id)
