@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
+import torch
 
 from mnist_pipeline.data.idx import write_idx
 
@@ -365,3 +367,25 @@ def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         yield server
     finally:
         server.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def tiny_cli_overrides(
+    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Overrides for `cli("train", ...)`: a short quiet training on the tiny data, all of its
+    output in tmp_path (Hydra's run directory `run/`)."""
+    return [
+        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "report=false",
+    ]
+
+
+class AllocateTooMuch(pl.Callback):
+    """A callback (`+callbacks.oom._target_=conftest.AllocateTooMuch`): the training runs out
+    of memory at its third step, asking for 10 TB, which the kernel refuses."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= 3:
+            torch.empty(10**13, dtype=torch.uint8)

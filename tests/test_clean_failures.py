@@ -9,29 +9,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from conftest import REPO, _tiny_setup, mlflow_runs
+from conftest import REPO, mlflow_runs
 
 from mnist_pipeline.atomic import atomic_write_json
 from mnist_pipeline.training.checkpoints import CheckpointError, find_last
-
-
-class AllocateTooMuch(pl.Callback):
-    """A training that runs out of memory at its third step: 10 TB, refused by the kernel."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= 3:
-            torch.empty(10**13, dtype=torch.uint8)
 
 
 def _run_dirs() -> set[Path]:
     return set((REPO / "outputs").glob("*/*/*"))
 
 
-def test_outputs_go_to_the_repository_whatever_the_working_directory(
-    cli, monkeypatch, tmp_path
-):
+def test_outputs_go_to_the_repository_whatever_the_working_directory(cli, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     result = cli("train", "--cfg", "hydra", "--resolve")
     assert result.returncode == 0
@@ -81,23 +70,13 @@ def test_a_learning_rate_that_is_not_a_number_in_params_yaml_is_one_line(cli, tm
     )
 
 
-@pytest.fixture
-def tiny_cli_overrides(tmp_path, tiny_mnist, monkeypatch) -> list[str]:
-    """Overrides of a short quiet training on the tiny data, all of its output in tmp_path."""
-    return [
-        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch),
-        f"hydra.run.dir={tmp_path / 'run'}",
-        "report=false",
-    ]
-
-
 def test_running_out_of_memory_mid_run_is_one_line_and_fails_the_mlflow_run(
     cli, tiny_cli_overrides, tmp_path
 ):
     result = cli(
         "train",
         *tiny_cli_overrides,
-        "+callbacks.oom._target_=test_clean_failures.AllocateTooMuch",
+        "+callbacks.oom._target_=conftest.AllocateTooMuch",
     )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (

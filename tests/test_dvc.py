@@ -107,11 +107,14 @@ def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project)
     }
     assert "reports/train_metrics.json" in tracked and "reports/training_curve.csv" in tracked
 
-    # A stage that fails (a value the config check refuses) leaves the tracked outputs alone.
+    # A stage that fails (a value the config check refuses) leaves the tracked outputs alone,
+    # and the checkpoints (DVC's persist: it would delete them before running the stage).
+    best = (project / "checkpoints" / "best.ckpt").read_bytes()
     _set_param(project, "model", "hidden", 0)
     failed = _dvc(project, "repro", check=False)
     assert "model.hidden=0: expected a positive integer" in failed
     assert {name: (project / name).read_bytes() for name in tracked} == tracked
+    assert (project / "checkpoints" / "best.ckpt").read_bytes() == best
     assert _git(project, "status", "--porcelain").splitlines() == [" M params.yaml"]
 
     _set_param(project, "model", "hidden", 16)

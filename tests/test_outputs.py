@@ -5,7 +5,7 @@ import sys
 import time
 
 import pytest
-from conftest import mlflow_runs
+from conftest import REPO, mlflow_runs
 
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.stages.outputs import held
@@ -44,15 +44,21 @@ def test_a_held_directory_is_refused_to_another_live_process(tmp_path):
 
 @pytest.mark.slow
 def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_path):
-    # As a user would: the default run directories (relative to the working directory), a new
-    # sqlite store, three trainings started in the same second.
+    # As a user would: run directories named as by default (to the microsecond; here under
+    # tmp_path, not the repository's outputs/), a new sqlite store, three trainings started in
+    # the same second.
     assert not (tmp_path / "mlflow.db").exists()
+    default = "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
+    assert f"dir: ${{project_root:}}/{default}" in (REPO / "conf" / "config.yaml").read_text()
     processes = {}
     for hidden in (16, 24, 40):
         command = [
-            arg
-            for arg in tiny_run.command(f"model.hidden={hidden}", "report=false")
-            if not arg.startswith("hydra.run.dir=")
+            *(
+                arg
+                for arg in tiny_run.command(f"model.hidden={hidden}", "report=false")
+                if not arg.startswith("hydra.run.dir=")
+            ),
+            f"hydra.run.dir={tmp_path}/{default}",
         ]
         processes[hidden] = subprocess.Popen(
             command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -76,3 +82,32 @@ def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_pa
         assert run.data.params["model.hidden"] == str(hidden)
         assert run.data.tags["hydra.output_dir"] == str(directory)
 
+
+def test_a_published_training_replaces_the_outputs_only_when_it_succeeds(
+    cli, tiny_cli_overrides, tmp_path
+):
+    """What the DVC train stage does: train in a staging directory, publish into the
+    repository at the end; a training that fails mid-way leaves the last good outputs."""
+    target, staging = tmp_path / "repo", tmp_path / "staging"
+    (target / "checkpoints").mkdir(parents=True)
+    (target / "checkpoints" / "best.ckpt").write_bytes(b"the last good one")
+    (target / "reports").mkdir()
+    (target / "reports" / "training_curve.csv").write_text("epoch\n0\n1\n")
+    (target / "reports" / "metrics.json").write_text("{}")  # the evaluate stage's
+    paths = [f"paths.output_dir={staging}", f"paths.publish_dir={target}", "logger=none"]
+
+    failed = cli(
+        "train", *tiny_cli_overrides, *paths,
+        "+callbacks.oom._target_=conftest.AllocateTooMuch",
+    )  # fmt: skip
+    assert failed.returncode == 1
+    assert f"{target}/checkpoints and reports are as they were" in failed.stdout
+    assert (target / "checkpoints" / "best.ckpt").read_bytes() == b"the last good one"
+    assert (target / "reports" / "training_curve.csv").read_text() == "epoch\n0\n1\n"
+
+    assert cli("train", *tiny_cli_overrides, *paths).returncode == 0
+    assert sorted(p.name for p in (target / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    curve = (target / "reports" / "training_curve.csv").read_text().splitlines()
+    assert len(curve) == 3  # a header and the 2 epochs of this training
+    assert (target / "reports" / "metrics.json").read_text() == "{}"
+    assert not (staging / "checkpoints").exists()

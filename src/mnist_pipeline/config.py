@@ -42,6 +42,8 @@ class PathsConfig:
     data_dir: str = "data"
     # None: the run's Hydra output directory.
     output_dir: str | None = None
+    # None: the outputs stay in output_dir (see `stages.outputs.publish`).
+    publish_dir: str | None = None
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,3 +49,25 @@ def held(directory: Path) -> Iterator[Path]:
         yield directory
     finally:
         lock.release()
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Move a finished training's `checkpoints/` and `reports/` from `staging` into `target`.
+
+    The DVC train stage trains in a staging directory and publishes into the repository only
+    once it has succeeded; DVC keeps the outputs in place meanwhile (`persist: true`), so a
+    stage that fails or is stopped leaves the last good ones as they were. `checkpoints/` is
+    replaced whole (a rename each way); each file of `reports/` replaces its namesake, leaving
+    the evaluate stage's files beside them.
+    """
+    if (staging / "checkpoints").is_dir():
+        old = target / f".checkpoints.old.{os.getpid()}"
+        if (target / "checkpoints").exists():
+            os.replace(target / "checkpoints", old)
+        os.replace(staging / "checkpoints", target / "checkpoints")
+        shutil.rmtree(old, ignore_errors=True)
+    for path in sorted((staging / "reports").rglob("*")):
+        if path.is_file():
+            destination = target / path.relative_to(staging)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)

@@ -24,7 +24,7 @@ from mnist_pipeline.networks import describe
 from mnist_pipeline.parts import build_callbacks, build_classifier, build_loggers, part_configs
 from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.search.trial import TrialPruning, current_trial
-from mnist_pipeline.stages.outputs import held, output_dir
+from mnist_pipeline.stages.outputs import held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import MLflowLogger
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
@@ -66,6 +66,32 @@ def train(cfg: DictConfig) -> float:
                 count, outbox = sync(out)
                 log.info("sent %d kept records to MLflow run %s", count, outbox.run_id)
             return float(json.loads(summary.read_text())["best_val_acc"])
+    publish_to = (
+        resolve_path(PROJECT_ROOT, cfg.paths.publish_dir) if cfg.paths.publish_dir else None
+    )
+    try:
+        best_val_acc, mlflow = _train(cfg, built, out, resume, run_id)
+    except BaseException:
+        if publish_to is not None and rank_zero_only.rank == 0:
+            log.error(
+                "stopped before the end: %s/checkpoints and reports are as they were (the "
+                "unfinished training is in %s); run `dvc repro` again to retrain",
+                publish_to,
+                out,
+            )
+        raise
+    if publish_to is not None and rank_zero_only.rank == 0:
+        publish(out, publish_to)
+    if mlflow is not None:
+        mlflow.check_sent()  # trained and saved, but the MLflow run misses part of it
+    return best_val_acc
+
+
+def _train(
+    cfg: DictConfig, built: dict[str, Any], out: Path, resume: Path | None, run_id: str | None
+) -> tuple[float, MLflowLogger | None]:
+    """Train, test and report into `out`, in an MLflow run of its own or `run_id`'s; the best
+    validation accuracy and the MLflow logger, if any."""
     if rank_zero_only.rank == 0:
         # Before any MLflow run is opened: data that cannot be had fails the command, not a run.
         built["data"].prepare_data()
@@ -85,9 +111,7 @@ def train(cfg: DictConfig) -> float:
         except SIGTERMException as stop:
             # Lightning stops on SIGTERM with a bare SystemExit (exit status 0): say "killed".
             raise SystemExit(128 + signal.SIGTERM) from stop
-    if mlflow is not None:
-        mlflow.check_sent()  # trained and saved, but the MLflow run misses part of it
-    return best_val_acc
+    return best_val_acc, mlflow
 
 
 def _fit_test_report(
