@@ -6,6 +6,7 @@ skipped) and an allocation the kernel refuses.
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,17 +89,31 @@ def test_running_out_of_memory_mid_run_is_one_line_and_fails_the_mlflow_run(
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB file system: room for the run's small files, not for a checkpoint."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+def small_fs(tmp_path):
+    """`small_fs(size)`: a tmpfs of `size` mounted in tmp_path (root only, else skipped)."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"fs{len(mounts)}"
+        folder.mkdir()
+        made = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+        )
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+        mounts.append(folder)
+        return folder
+
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    for folder in mounts:  # lazily: a store the test opened may still hold a file there
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def full_disk(small_fs) -> Path:
+    """A 64 KiB file system: room for small files, not for a checkpoint."""
+    return small_fs("64k")
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_path(
@@ -163,3 +178,18 @@ def test_tampered_data_and_no_mirror_is_one_line_and_opens_no_mlflow_run(
     )
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "mlflow.db").exists()  # found before any run was opened
+
+
+def test_a_tracking_store_that_cannot_be_written_is_one_line(cli, tiny_cli_overrides, small_fs):
+    """A store on a read-only file system (here a tmpfs remounted read-only)."""
+    folder = small_fs("8m")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    made = f"from mlflow import MlflowClient; MlflowClient('{uri}').search_experiments()"
+    subprocess.run([sys.executable, "-c", made], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    result = cli("train", *tiny_cli_overrides, f"logger.mlflow.tracking_uri={uri}")
+    assert result.returncode == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"error: MLflow store {uri}: ") and "Read-only file system" in error
+    assert error.endswith("or train with logger=none")
+    assert "Traceback" not in result.stderr + result.stdout
