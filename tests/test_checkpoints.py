@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from mnist_pipeline.checkpoint_files import CheckpointError, load_network, read_checkpoint
 from mnist_pipeline.config import ConfigError
-from mnist_pipeline.training.checkpoints import CheckpointError, load_network, read_checkpoint
 
 
 def _tensor_entries(path: Path) -> list[tuple[int, int]]:

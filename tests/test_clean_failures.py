@@ -14,7 +14,8 @@ import torch
 from conftest import REPO, mlflow_runs
 
 from mnist_pipeline.atomic import atomic_write_json
-from mnist_pipeline.training.checkpoints import CheckpointError, find_last
+from mnist_pipeline.checkpoint_files import CheckpointError
+from mnist_pipeline.training.checkpoints import find_last
 
 
 def _run_dirs() -> set[Path]:

@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import REPO, mlflow_runs
 
+from mnist_pipeline.checkpoint_files import load_network
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import logits_of, score
-from mnist_pipeline.training.checkpoints import load_network
 
 
 @pytest.mark.slow

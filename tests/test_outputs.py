@@ -7,9 +7,9 @@ import time
 import pytest
 from conftest import REPO, mlflow_runs
 
+from mnist_pipeline.checkpoint_files import load_network
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.stages.outputs import held
-from mnist_pipeline.training.checkpoints import load_network
 
 
 def test_a_held_directory_is_refused_to_another_live_process(tmp_path):

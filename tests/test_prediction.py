@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline.checkpoint_files import CheckpointError
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.networks.mlp import MLP
 from mnist_pipeline.prediction.images import load_digit
@@ -25,7 +26,7 @@ from mnist_pipeline.prediction.predict import (
     newest_finished_checkpoint,
     render_probabilities,
 )
-from mnist_pipeline.training.checkpoints import AtomicCheckpointIO, CheckpointError
+from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
 from mnist_pipeline.training.classifier import Classifier
 
 # "  7 ███████▍ 0.912  <- guess": digit, bar, probability

@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import mlflow_runs
 
+from mnist_pipeline.checkpoint_files import read_checkpoint
 from mnist_pipeline.config import ConfigError
-from mnist_pipeline.training.checkpoints import find_last, read_checkpoint
+from mnist_pipeline.training.checkpoints import find_last
 
 # 100 steps per epoch: Lightning handles a signal after the current step, so mid-epoch.
 SLOW = (

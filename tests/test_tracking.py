@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import free_port, mlflow_runs
 
+from mnist_pipeline.checkpoint_files import load_network
 from mnist_pipeline.data.download import DownloadError
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import predict
 from mnist_pipeline.tracking.logger import TrackingError
-from mnist_pipeline.training.checkpoints import load_network
 
 
 @pytest.mark.slow

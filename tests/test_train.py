@@ -9,9 +9,9 @@ import sys
 import pytest
 from conftest import REPO
 
+from mnist_pipeline.checkpoint_files import load_network, read_checkpoint
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.stages import silence_known_noise
-from mnist_pipeline.training.checkpoints import load_network, read_checkpoint
 from mnist_pipeline.training.curve import read_curve
 
 FIGURES = ("confusion_matrix", "misclassified", "first_layer_weights", "digit_walkthrough")

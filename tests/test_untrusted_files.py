@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_pipeline.config import UserError
-from mnist_pipeline.networks import Probabilities
-from mnist_pipeline.networks.mlp import MLP
-from mnist_pipeline.tracking.outbox import MODEL_FILE, RECORDS, UNSENT_DIR, Outbox, sync
-from mnist_pipeline.training.checkpoints import (
+from mnist_pipeline.checkpoint_files import (
     CHECKSUM_KEY,
     CheckpointError,
     content_sha256,
     load_network,
 )
+from mnist_pipeline.config import UserError
+from mnist_pipeline.networks import Probabilities
+from mnist_pipeline.networks.mlp import MLP
+from mnist_pipeline.tracking.outbox import MODEL_FILE, RECORDS, UNSENT_DIR, Outbox, sync
 
 MLP_TARGET = "mnist_pipeline.networks.mlp.MLP"
 

@@ -9,10 +9,10 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from mnist_pipeline.checkpoint_files import load_network
 from mnist_pipeline.config import build_datamodule
 from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.tracking.sweeps import mlflow_settings
-from mnist_pipeline.training.checkpoints import load_network
 
 log = logging.getLogger(__name__)
 

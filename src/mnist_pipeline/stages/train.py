@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_json
+from mnist_pipeline.checkpoint_files import RUN_ID_KEY, read_checkpoint
 from mnist_pipeline.config import ConfigError, differing_keys, flatten, resolve_path, validate
 from mnist_pipeline.networks import describe
 from mnist_pipeline.parts import build_callbacks, build_classifier, build_loggers, part_configs
@@ -28,13 +29,7 @@ from mnist_pipeline.stages.outputs import held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import MLflowLogger
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
-from mnist_pipeline.training.checkpoints import (
-    RUN_ID_KEY,
-    AtomicCheckpointIO,
-    RunIdInCheckpoint,
-    find_last,
-    read_checkpoint,
-)
+from mnist_pipeline.training.checkpoints import AtomicCheckpointIO, RunIdInCheckpoint, find_last
 from mnist_pipeline.training.classifier import Classifier
 from mnist_pipeline.training.curve import TrainingCurve
 

@@ -13,14 +13,11 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from mnist_pipeline.atomic import atomic_write_bytes
-
-# The Lightning-free part, re-exported: its callers import it from here as before.
-from mnist_pipeline.checkpoint_files import (  # noqa: F401
+from mnist_pipeline.checkpoint_files import (
     CHECKSUM_KEY,
     RUN_ID_KEY,
     CheckpointError,
     content_sha256,
-    load_network,
     read_checkpoint,
 )
 from mnist_pipeline.training.divergence import DivergedError
