@@ -19,7 +19,7 @@ from mnist_pipeline.training.checkpoints import find_last
 
 
 def _run_dirs() -> set[Path]:
-    return set((REPO / "outputs").glob("*/*/*"))
+    return set((REPO / "outputs").glob("**/*"))
 
 
 def test_outputs_go_to_the_repository_whatever_the_working_directory(cli, monkeypatch, tmp_path):

@@ -78,9 +78,14 @@ def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_s
 
 
 def test_failing_run_ends_failed(train_tiny, tmp_path):
-    # A wrong checksum: every mirror fails verification inside fit, after the run started.
+    # Data that cannot be had (a wrong checksum: every mirror fails verification) fails the
+    # command before any run is opened...
     with pytest.raises(DownloadError, match="could not fetch t10k-labels-idx1-ubyte"):
         train_tiny("data.files.t10k-labels-idx1-ubyte=" + "0" * 64)
+    assert not (tmp_path / "mlflow.db").exists()
+    # ...a training that fails on the way (out of memory at its third step) fails its run.
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        train_tiny("+callbacks.oom._target_=conftest.AllocateTooMuch")
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
 

@@ -121,8 +121,10 @@ def _remove_unused_output_dir() -> None:
     own = {hydra.output_subdir, f"{hydra.job.name}.log"}
     if out.is_dir() and {path.name for path in out.iterdir()} <= own:
         shutil.rmtree(out)
-        with contextlib.suppress(OSError):
-            out.parent.rmdir()  # the day's folder, if this was its only run
+        # And the folders made for it, if it was their only run: outputs/runs/<day>/.
+        with contextlib.suppress(OSError):  # not empty
+            for folder in out.parents[:3]:
+                folder.rmdir()
 
 
 def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:

@@ -27,8 +27,9 @@ from mnist_pipeline.reporting.evaluation import log_report, write_report
 from mnist_pipeline.search.trial import TrialPruning, current_trial
 from mnist_pipeline.stages.outputs import held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
-from mnist_pipeline.tracking.logger import MLflowLogger
+from mnist_pipeline.tracking.logger import MLflowLogger, check_server, resolve_tracking_uri
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
+from mnist_pipeline.tracking.sweeps import mlflow_settings
 from mnist_pipeline.training.checkpoints import AtomicCheckpointIO, RunIdInCheckpoint, find_last
 from mnist_pipeline.training.classifier import Classifier
 from mnist_pipeline.training.curve import TrainingCurve
@@ -88,7 +89,10 @@ def _train(
     """Train, test and report into `out`, in an MLflow run of its own or `run_id`'s; the best
     validation accuracy and the MLflow logger, if any."""
     if rank_zero_only.rank == 0:
-        # Before any MLflow run is opened: data that cannot be had fails the command, not a run.
+        # An unreachable server fails the command before any work; data that cannot be had
+        # fails it before any run is opened.
+        if (settings := mlflow_settings(cfg)) is not None:
+            check_server(resolve_tracking_uri(settings.get("tracking_uri")))
         built["data"].prepare_data()
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
     with held(out) if rank_zero_only.rank == 0 else nullcontext():
