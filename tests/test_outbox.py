@@ -193,7 +193,8 @@ def test_a_tracking_server_killed_mid_training_loses_nothing(tiny_run, tracking_
     assert f"records of MLflow run {run.info.run_id}" in sent.stdout
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "val/acc")
-    assert [m.step for m in history] == [10 * epoch for epoch in range(1, 31)]
+    # Each epoch's, at Lightning's step: the index (from 0) of the epoch's last optimizer step.
+    assert [m.step for m in history] == [10 * epoch - 1 for epoch in range(1, 31)]
     assert "test/acc" in run.data.metrics and "eval/accuracy" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "reports"} <= artifacts

@@ -95,9 +95,19 @@ def test_missing_logger_package_is_one_line_before_any_run(train_tiny, tmp_path,
 
 def test_debug_fast_dev_run(train_tiny, tmp_path):
     best = train_tiny("debug=fdr")
-    assert 0 <= best <= 1
     assert not (tmp_path / "run" / "checkpoints").exists()  # fast_dev_run saves none
     assert not (tmp_path / "mlflow.db").exists()  # and logs nothing
+    # One training batch, then one validation batch (all 100 images): the same accuracy as
+    # a training limited to that, and far from what two epochs reach (> 0.8).
+    one_batch = train_tiny(
+        "debug=default",
+        "logger=none",
+        "report=false",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1",
+        "+trainer.limit_val_batches=1",
+    )
+    assert best == one_batch and round(best * 100) == pytest.approx(best * 100) and best < 0.5
 
 
 def test_debug_overfit_learns_one_batch_by_heart(train_tiny, tmp_path):
