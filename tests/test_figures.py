@@ -34,6 +34,9 @@ def _open_png(path: Path) -> Image.Image:
     image = Image.open(path)
     image.load()
     assert image.format == "PNG"
+    # Something drawn: not one flat colour (a figure whose plotting failed silently).
+    gray = np.asarray(image.convert("L"), dtype=float)
+    assert gray.std() > 5 and (gray < 128).mean() > 0.002, (path.name, gray.std())
     return image
 
 
