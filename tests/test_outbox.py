@@ -171,7 +171,6 @@ def test_a_tracking_server_killed_mid_training_loses_nothing(tiny_run, tracking_
     # Unbounded, MLflow's retries kept a 10 s training waiting 12 minutes; bounded, the rest of
     # the training (28 epochs, test, report) is what takes time, up to a minute on a busy CPU.
     assert time.monotonic() - killed < 120, stderr
-    assert stderr.count("is out of reach") == 1, stderr  # one wait, then no more asking
     assert process.returncode == 2, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"python src/sync.py {tmp_path / 'run'}" in errors[0], stderr
