@@ -181,6 +181,7 @@ def test_tampered_data_and_no_mirror_is_one_line_and_opens_no_mlflow_run(
     assert not (tmp_path / "mlflow.db").exists()  # found before any run was opened
 
 
+@pytest.mark.slow
 def test_a_tracking_store_that_cannot_be_written_is_one_line(cli, tiny_cli_overrides, small_fs):
     """A store on a read-only file system (here a tmpfs remounted read-only)."""
     folder = small_fs("8m")

@@ -37,11 +37,13 @@ def sqlite_run(tmp_path):
 @pytest.fixture
 def dead_server(monkeypatch):
     """(URI of an http server that is not there, its client) with the waits `bound_http_waits`
-    sets for a training."""
+    sets for a training, but no retries: a refused connection is what these tests need (the
+    retries' bound is the killed-server test's)."""
     from mlflow import MlflowClient
 
     for name in ("MAX_RETRIES", "BACKOFF_FACTOR", "TIMEOUT"):
         monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"http://127.0.0.1:{free_port()}"
     bound_http_waits(uri)
     return uri, MlflowClient(uri)

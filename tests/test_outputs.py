@@ -12,6 +12,7 @@ from mnist_pipeline.config import ConfigError
 from mnist_pipeline.stages.outputs import held
 
 
+@pytest.mark.slow
 def test_a_held_directory_is_refused_to_another_live_process(tmp_path):
     ready = tmp_path / "ready"
     code = (

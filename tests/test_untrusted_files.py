@@ -120,7 +120,8 @@ def test_predict_and_evaluate_refuse_a_crafted_checkpoint_in_one_line(
 def _run_folder(tmp_path: Path, *records: dict) -> Path:
     folder = tmp_path / "run" / UNSENT_DIR
     folder.mkdir(parents=True)
-    header = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "run_id": "0" * 32}
+    # A store nobody answers at: every file is refused before anything would be sent.
+    header = {"tracking_uri": "http://127.0.0.1:9", "run_id": "0" * 32}
     lines = [json.dumps(line) for line in (header, *records)]
     (folder / RECORDS).write_text("\n".join(lines) + "\n")
     return folder.parent
