@@ -1,16 +1,12 @@
 """mnist-pipeline: the lecture's MNIST MLP trained, tracked and reproduced."""
 
 import os
+import sys
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 # The repository root (this file is src/mnist_pipeline/__init__.py): where relative paths in the
 # configs point, and where the default MLflow store lives.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# `${project_root:}` in conf/ (Hydra's output directories): outputs/ of this repository wherever
-# a command runs from. Hydra's own `${hydra:runtime.cwd}` would be the working directory.
-OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
 def repository_root() -> Path:
@@ -21,3 +17,10 @@ def repository_root() -> Path:
     a store written inside the copy would be deleted with it.
     """
     return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT).resolve()
+
+
+def installed(path: str | Path) -> bool:
+    """Whether `path` belongs to the Python installation (the standard library, site-packages
+    of a venv, which may lie inside the repository), not to the user's own code."""
+    prefixes = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    return bool(prefixes & {*Path(path).resolve().parents})

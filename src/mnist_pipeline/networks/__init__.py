@@ -130,7 +130,7 @@ def _check_network_class(target: Any, key: str, source: str | Path) -> None:
 def _importable_safely(top: str) -> bool:
     if top in sys.modules:
         return True
-    from mnist_pipeline import repository_root
+    from mnist_pipeline import installed, repository_root
 
     try:
         spec = importlib.util.find_spec(top)  # a top-level name: finds, runs nothing
@@ -138,12 +138,9 @@ def _importable_safely(top: str) -> bool:
         return False
     places = [spec.origin] if spec and spec.origin else []
     places += list(spec.submodule_search_locations or []) if spec else []
-    # The repository's own code, not what is installed (a `.venv` may lie inside it).
-    installed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
     root = repository_root()
     return bool(places) and all(
-        (path := Path(place).resolve()).is_relative_to(root) and not installed & {*path.parents}
-        for place in places
+        Path(place).resolve().is_relative_to(root) and not installed(place) for place in places
     )
 
 

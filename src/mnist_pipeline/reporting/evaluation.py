@@ -42,11 +42,6 @@ def logits_of(net: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> t
     return torch.cat([net(chunk.float() / 255.0) for chunk in images.split(batch_size)])
 
 
-def predict(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities (N, 10) of `net`, as its MLflow model gives them."""
-    return logits_of(net, images).softmax(dim=-1)
-
-
 def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Accuracy, loss, macro F1, the worst digit and its F1, and `per_class`: one row of
     precision/recall/F1 (torchmetrics) per digit.

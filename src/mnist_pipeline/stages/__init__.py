@@ -23,12 +23,18 @@ from hydra.errors import (
     OverrideParseException,
     SearchPathException,
 )
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.errors import UserError
 
 Result = TypeVar("Result")
+# `${project_root:}` in conf/ (Hydra's output directories): outputs/ of this repository wherever
+# a command runs from. Hydra's own `${hydra:runtime.cwd}` would be the working directory.
+# Registered here, with the entry points, not in the package: an MLflow model carries the
+# package and loads without omegaconf.
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
 # Lightning's INFO lines that no user can act on.

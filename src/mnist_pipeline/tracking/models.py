@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnist_pipeline import installed
+
 
 def log_model(uri: str, run_id: str, model: nn.Module, example: torch.Tensor) -> None:
     """Log `model` (on CPU, pixels -> probabilities) as the model "model" of run `run_id`.
@@ -44,12 +46,11 @@ def _user_code(net: nn.Module) -> set[str]:
 
     A user's network in `src/my_net.py` (or a folder of them) travels with the model this way.
     """
-    installed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
     paths = set()
     for name in {type(module).__module__ for module in net.modules()}:
         top = sys.modules.get(name.split(".")[0])
         source = Path(getattr(top, "__file__", None) or sys.prefix).resolve()
-        if name.startswith(("mnist_pipeline", "__main__")) or installed & set(source.parents):
+        if name.startswith(("mnist_pipeline", "__main__")) or installed(source):
             continue
         paths.add(str(source.parent if source.name == "__init__.py" else source))
     return paths
