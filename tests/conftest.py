@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import runpy
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,14 +202,41 @@ def mlflow_runs(store: str | Path):
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+def no_runs(store: str | Path) -> bool:
+    """True if the store (a URI or a directory's mlflow.db) holds no run."""
+    return mlflow_runs(store)[1] == []
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
+    """Factory: `empty_store(path) -> URI` of a new, empty MLflow sqlite store at `path`.
+
+    The schema is copied from a store created once per test process: MLflow's creation of a
+    store (its schema migrations) costs seconds, which every training test would pay again.
+    """
+    from mlflow import MlflowClient
+
+    template = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+
+    def create(path: Path) -> str:
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+
+    return create
+
+
 def _tiny_setup(
-    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tiny_mnist: tuple[Path, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    empty_store: Callable[[Path], str],
 ) -> list[str]:
-    """The tiny data set served by MNIST_MIRROR, an MLflow store in `tmp_path`, and the
+    """The tiny data set served by MNIST_MIRROR, an empty MLflow store in `tmp_path`, and the
     overrides of a short quiet CPU training on them."""
     source, sha256s = tiny_mnist
     monkeypatch.setenv("MNIST_MIRROR", str(source))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(tmp_path / "mlflow.db"))
     return [
         f"data.dir={tmp_path / 'data' / 'mnist'}",
         "data.local_mirror=null",
@@ -223,9 +251,7 @@ def _tiny_setup(
 
 
 @pytest.fixture
-def tiny_run(
-    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
-):
+def tiny_run(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_store):
     """Factory: `tiny_run(*overrides, cwd=REPO, script="src/train.py") -> CompletedProcess`;
     `tiny_run.command(*overrides)` is the argv, to start it yourself.
 
@@ -233,7 +259,7 @@ def tiny_run(
     every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`.
     """
     base = [
-        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch),
+        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch, empty_store),
         f"hydra.run.dir={tmp_path / 'run'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
@@ -260,9 +286,7 @@ def tiny_run(
 
 
 @pytest.fixture
-def train_tiny(
-    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
-):
+def train_tiny(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_store):
     """Factory: `train_tiny(*overrides) -> best validation accuracy`: `stages.train.train` run
     in this process on the tiny data set, the config composed from conf/ as `src/train.py`
     would. Outputs in `tmp_path / "run"`, the MLflow store in `tmp_path / "mlflow.db"`.
@@ -271,7 +295,10 @@ def train_tiny(
 
     from mnist_pipeline.stages.train import train
 
-    base = [*_tiny_setup(tmp_path, tiny_mnist, monkeypatch), f"paths.output_dir={tmp_path / 'run'}"]
+    base = [
+        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch, empty_store),
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
 
     def run(*overrides: str) -> float:
         with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -371,12 +398,12 @@ def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 @pytest.fixture
 def tiny_cli_overrides(
-    tmp_path: Path, tiny_mnist: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_store
 ) -> list[str]:
     """Overrides for `cli("train", ...)`: a short quiet training on the tiny data, all of its
     output in tmp_path (Hydra's run directory `run/`)."""
     return [
-        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch),
+        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch, empty_store),
         f"hydra.run.dir={tmp_path / 'run'}",
         "report=false",
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, mlflow_runs
+from conftest import REPO, mlflow_runs, no_runs
 
 from mnist_pipeline.atomic import atomic_write_json
 from mnist_pipeline.checkpoint_files import CheckpointError
@@ -178,7 +178,7 @@ def test_tampered_data_and_no_mirror_is_one_line_and_opens_no_mlflow_run(
         "or URL holding the MNIST files"
     )
     assert "Traceback" not in result.stderr + result.stdout
-    assert not (tmp_path / "mlflow.db").exists()  # found before any run was opened
+    assert no_runs(tmp_path)  # found before any run was opened
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def _dvc(project: Path, *args: str, check: bool = True) -> str:
 
 
 @pytest.fixture
-def project(tmp_path, tiny_mnist, http_mirror, monkeypatch):
+def project(tmp_path, tiny_mnist, http_mirror, monkeypatch, empty_store):
     source, sha256s = tiny_mnist
     project = tmp_path / "project"
     _copy_project(project)
@@ -63,7 +63,7 @@ def project(tmp_path, tiny_mnist, http_mirror, monkeypatch):
     params["model"]["hidden"] = 32
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.delenv("MNIST_MIRROR", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(tmp_path / "mlflow.db"))
     git = {
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@t",

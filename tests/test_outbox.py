@@ -24,11 +24,11 @@ from mnist_pipeline.tracking.outbox import (
 
 
 @pytest.fixture
-def sqlite_run(tmp_path):
+def sqlite_run(tmp_path, empty_store):
     """(uri, client, run id) of a fresh RUNNING run in a real sqlite store."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = empty_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("mnist", artifact_location=(tmp_path / "mlruns").as_uri())
     return uri, client, client.create_run(experiment).info.run_id

@@ -48,7 +48,7 @@ def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_pa
     # As a user would: run directories named as by default (to the microsecond; here under
     # tmp_path, not the repository's outputs/), a new sqlite store, three trainings started in
     # the same second.
-    assert not (tmp_path / "mlflow.db").exists()
+    (tmp_path / "mlflow.db").unlink()  # not the fixture's ready-made store: a new one
     default = "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
     assert f"dir: ${{project_root:}}/{default}" in (REPO / "conf" / "config.yaml").read_text()
     processes = {}

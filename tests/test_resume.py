@@ -38,6 +38,16 @@ def _same_training(run: Path, reference: Path) -> None:
     assert (run / curve).read_text() == (reference / curve).read_text()
 
 
+def _uninterrupted(train_tiny, empty_store, tmp_path: Path) -> Path:
+    """The same training as `SLOW`, not interrupted, run in this process (its own store)."""
+    train_tiny(
+        *SLOW,
+        f"logger.mlflow.tracking_uri={empty_store(tmp_path / 'reference.db')}",
+        f"paths.output_dir={tmp_path / 'uninterrupted'}",
+    )
+    return tmp_path / "uninterrupted"
+
+
 def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:
     process = subprocess.Popen(
         tiny_run.command(*SLOW),
@@ -62,7 +72,7 @@ def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Po
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
+def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, empty_store, tmp_path):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=2)
     process.kill()  # SIGKILL: no handler runs, the process just vanishes
     process.wait()
@@ -73,9 +83,8 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
 
     tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert find_last(tmp_path) == last  # the newest last.ckpt: what ckpt_path=last resumes
-    reference = f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'reference.db'}"
-    tiny_run(*SLOW, reference, f"hydra.run.dir={tmp_path / 'uninterrupted'}")
-    _same_training(tmp_path / "run", tmp_path / "uninterrupted")  # RNG state restored too
+    # Bit-identical: the RNG state (dropout) was restored too.
+    _same_training(tmp_path / "run", _uninterrupted(train_tiny, empty_store, tmp_path))
 
     client, runs = mlflow_runs(tmp_path)
     assert [r.info.run_id for r in runs] == [killed.info.run_id]  # the same run, not a new one
@@ -92,7 +101,9 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_path):
+def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(
+    tiny_run, train_tiny, empty_store, tmp_path
+):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -106,9 +117,7 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(tiny_run, tmp_pa
     # Resumed mid-epoch: the rest of that epoch's batches, none twice, the same result.
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
-    reference = f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'reference.db'}"
-    tiny_run(*SLOW, reference, f"hydra.run.dir={tmp_path / 'uninterrupted'}")
-    _same_training(tmp_path / "run", tmp_path / "uninterrupted")
+    _same_training(tmp_path / "run", _uninterrupted(train_tiny, empty_store, tmp_path))
 
     # Resuming the finished run again: nothing to do, nothing logged twice.
     _, (before,) = mlflow_runs(tmp_path)

@@ -3,6 +3,7 @@
 import logging
 
 import pytest
+from conftest import _tiny_setup, mlflow_runs, no_runs
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
@@ -85,21 +86,17 @@ def test_a_search_that_cannot_run_is_one_line(settings, arguments, message):
 
 
 @pytest.fixture
-def sweep_cli(cli, tmp_path, tiny_mnist, monkeypatch):
+def sweep_cli(cli, tmp_path, tiny_mnist, monkeypatch, empty_store):
     """`sweep_cli(*overrides)`: `python src/train.py -m ...` in this process on the tiny data,
     every output in tmp_path."""
-    from conftest import _tiny_setup
-
     base = [
-        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch),
+        *_tiny_setup(tmp_path, tiny_mnist, monkeypatch, empty_store),
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
     return lambda *overrides: cli("train", "-m", *base, *overrides)
 
 
 def test_a_failed_grid_ends_its_parent_run_failed(sweep_cli, tmp_path):
-    from conftest import mlflow_runs
-
     result = sweep_cli("model.hidden=0,64")
     assert result.returncode == 2
     error = result.stderr.splitlines()[-1]
@@ -118,4 +115,4 @@ def test_a_search_of_no_trials_opens_no_parent_run(sweep_cli, tmp_path):
         2,
         "error: hydra.sweeper.n_trials=0: expected a whole number >= 1\n",
     )
-    assert not (tmp_path / "mlflow.db").exists()
+    assert no_runs(tmp_path)

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import free_port, mlflow_runs
+from conftest import free_port, mlflow_runs, no_runs
 
 from mnist_pipeline.checkpoint_files import load_network
 from mnist_pipeline.data.download import DownloadError
@@ -16,7 +16,7 @@ from mnist_pipeline.tracking.logger import TrackingError
 @pytest.mark.slow
 def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_server, tmp_path):
     tiny_run("model.hidden=24", "model.activation=sigmoid", "trainer.log_every_n_steps=4")
-    assert not (tmp_path / "mlflow.db").exists()  # all of it went to the server
+    assert no_runs(tmp_path)  # all of it went to the server
     client, runs = mlflow_runs(tracking_server)
     assert len(runs) == 1
     run = runs[0]
@@ -82,7 +82,7 @@ def test_failing_run_ends_failed(train_tiny, tmp_path):
     # command before any run is opened...
     with pytest.raises(DownloadError, match="could not fetch t10k-labels-idx1-ubyte"):
         train_tiny("data.files.t10k-labels-idx1-ubyte=" + "0" * 64)
-    assert not (tmp_path / "mlflow.db").exists()
+    assert no_runs(tmp_path)
     # ...a training that fails on the way (out of memory at its third step) fails its run.
     with pytest.raises(RuntimeError, match="can't allocate memory"):
         train_tiny("+callbacks.oom._target_=conftest.AllocateTooMuch")

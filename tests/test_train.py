@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, no_runs
 
 from mnist_pipeline.checkpoint_files import load_network, read_checkpoint
 from mnist_pipeline.config import ConfigError
@@ -44,7 +44,7 @@ def test_train_end_to_end_without_tracking(train_tiny, tmp_path, caplog):
         assert (run_dir / "reports" / "figures" / f"{name}.png").stat().st_size > 1000
     net, run_id = load_network(run_dir / "checkpoints" / "best.ckpt")
     assert run_id is None and type(net).__name__ == "MLP" and net.layers[2].out_features == 32
-    assert not (tmp_path / "mlflow.db").exists()
+    assert no_runs(tmp_path)
 
 
 def test_cnn_trains_and_skips_the_figures_it_has_no_layer_for(train_tiny, tmp_path, caplog):
@@ -90,13 +90,13 @@ def test_missing_logger_package_is_one_line_before_any_run(train_tiny, tmp_path,
     message = str(error.value)
     assert message.startswith("logger.tensorboard: Neither `tensorboard` nor `tensorboardX`")
     assert "pip install -e '.[tensorboard]'" in message and "\n" not in message
-    assert not (tmp_path / "mlflow.db").exists()  # MLflow's run was not even started
+    assert no_runs(tmp_path)  # MLflow's run was not even started
 
 
 def test_debug_fast_dev_run(train_tiny, tmp_path):
     best = train_tiny("debug=fdr")
     assert not (tmp_path / "run" / "checkpoints").exists()  # fast_dev_run saves none
-    assert not (tmp_path / "mlflow.db").exists()  # and logs nothing
+    assert no_runs(tmp_path)  # and logs nothing
     # One training batch, then one validation batch (all 100 images): the same accuracy as
     # a training limited to that, and far from what two epochs reach (> 0.8).
     one_batch = train_tiny(
@@ -134,7 +134,7 @@ def test_bad_override_is_one_line_and_exit_2_before_any_work(tiny_run, tmp_path)
         "(e.g. 128 or [256,128])",
         "error: optimizer.lr=-1: expected a positive learning rate",
     ]
-    assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "data").exists() and no_runs(tmp_path)
 
 
 USER_NETWORK = '''
