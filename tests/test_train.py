@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, no_runs
+from conftest import REPO, mlflow_runs, no_runs
 
 from mnist_pipeline.checkpoint_files import load_network, read_checkpoint
 from mnist_pipeline.config import ConfigError
@@ -229,7 +229,10 @@ def test_the_console_counts_batches_and_holds_nothing_to_learn_to_ignore(train_t
     assert "v_num" not in console
 
 
-def test_ctrl_c_saves_its_checkpoint_quietly(train_tiny, tmp_path, capfd, caplog, monkeypatch):
+def test_ctrl_c_saves_its_checkpoint_marks_the_run_killed_quietly(
+    train_tiny, tmp_path, capfd, caplog, monkeypatch
+):
+    """Ctrl-C is Python's KeyboardInterrupt in the main thread, here raised in a step."""
     from mnist_pipeline.training.classifier import Classifier
 
     steps = []
@@ -245,8 +248,9 @@ def test_ctrl_c_saves_its_checkpoint_quietly(train_tiny, tmp_path, capfd, caplog
     silence_known_noise()
     caplog.set_level("INFO")
     with pytest.raises(SystemExit) as stop:
-        train_tiny("logger=none")
+        train_tiny("logger.mlflow.log_model=false")
     assert stop.value.code == 130
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 14
+    assert [r.info.status for r in mlflow_runs(tmp_path)[1]] == ["KILLED"]
     console = "".join(capfd.readouterr()) + caplog.text
     assert [noise for noise in NOISE if noise in console] == []
