@@ -125,9 +125,8 @@ def test_debug_options_run(train_tiny, tmp_path, option):
     assert (tmp_path / "run" / "reports" / "train_metrics.json").is_file()
 
 
-@pytest.mark.slow
-def test_bad_override_is_one_line_and_exit_2_before_any_work(tiny_run, tmp_path):
-    result = tiny_run("model.hidden=0", "optimizer.lr=-1", check=False)
+def test_bad_override_is_one_line_and_exit_2_before_any_work(cli, tiny_cli_overrides, tmp_path):
+    result = cli("train", *tiny_cli_overrides, "model.hidden=0", "optimizer.lr=-1")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: model.hidden=0: expected a positive integer or a non-empty list of them "
