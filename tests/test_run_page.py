@@ -20,8 +20,9 @@ NAME = "mnist-mlp"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory):
-    """Two trainings registered as NAME: `weak` (1 epoch, 8 hidden units, a low learning rate),
-    then `better` (3 epochs, with system metrics); their runs and client."""
+    """Two trainings registered as NAME: `weak` (1 epoch, 8 hidden units, a low learning rate,
+    no report), then `better` (3 epochs, with the report and system metrics); their runs and
+    client."""
     from hydra import compose, initialize_config_dir
     from mlflow import MlflowClient
 
@@ -34,7 +35,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
         for name, overrides in (
             ("weak", ("trainer.max_epochs=1", "optimizer.lr=0.0003", "model.hidden=8")),
-            ("better", ("trainer.max_epochs=3", "logger.mlflow.log_system_metrics=true")),
+            (
+                "better",
+                ("trainer.max_epochs=3", "report=true", "logger.mlflow.log_system_metrics=true"),
+            ),
         ):
             with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
                 cfg = compose(
@@ -44,7 +48,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
                         f"paths.output_dir={tmp / name}",
                         f"logger.mlflow.run_name={name}",
                         f"logger.mlflow.registered_model_name={NAME}",
-                        "report=false",
+                        "report=false",  # the better run's report: its overrides
                         *overrides,
                     ],
                 )
@@ -78,13 +82,28 @@ def test_a_run_compares_in_the_run_table_and_reads_on_its_page(runs):
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(runs.dir))
     assert "data:" in Path(config).read_text() and "logger:" in Path(config).read_text()
 
-    # Per-epoch metrics at step = epoch; the learning rate each epoch; no per-digit metric
-    # (report=false: the report's headline is checked in test_train).
+    # Per-epoch metrics at step = epoch; the learning rate each epoch; the report's headline;
+    # no per-digit metric: they are one table.
     metrics = set(run.data.metrics) - {m for m in run.data.metrics if m.startswith("system/")}
     assert metrics == {
         "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc",
-        "test/loss", "lr-Adam",
+        "test/loss", "test/macro_f1", "test/worst_f1", "test/worst_digit", "lr-Adam",
     }  # fmt: skip
+    table = json.loads(
+        Path(
+            client.download_artifacts(run.info.run_id, "reports/digits.json", str(runs.dir))
+        ).read_text()
+    )
+    assert table["columns"] == [
+        "digit", "precision", "recall", "f1", "images", "mistaken_for", "times"
+    ]  # fmt: skip
+    assert [row[0] for row in table["data"]] == list(range(10))
+    assert sum(row[4] for row in table["data"]) == 200
+    worst = min(table["data"], key=lambda row: row[3])
+    assert (worst[0], worst[3]) == (
+        run.data.metrics["test/worst_digit"],
+        run.data.metrics["test/worst_f1"],
+    )
     for key in ("val/acc", "train/loss", "lr-Adam"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2], key
     # System metrics by MLflow's monitor (opt-in): not in the runs without it.
@@ -134,7 +153,7 @@ def test_versions_are_registered_and_the_champion_moves_only_when_beaten(runs, c
     assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
     assert client.get_model_version(NAME, "4").description == "better again"
     assert [r.getMessage().split(";")[1].strip() for r in caplog.records] == [
-        "the champion stays version 2 (test/acc %s)" % runs.better.data.metrics["test/acc"]
+        f"the champion stays version 2 (test/acc {runs.better.data.metrics['test/acc']})"
     ] * 2
 
 
@@ -160,5 +179,7 @@ def test_the_champion_answers_predict(runs, predict_cli, tmp_path, monkeypatch):
 def test_a_file_store_cannot_register_and_says_so_before_training(train_tiny, tmp_path):
     uri = (tmp_path / "mlruns").as_uri()
     with pytest.raises(TrackingError, match="is a file store, which has no model registry"):
-        train_tiny(f"logger.mlflow.tracking_uri={uri}", f"logger.mlflow.registered_model_name={NAME}")
+        train_tiny(
+            f"logger.mlflow.tracking_uri={uri}", f"logger.mlflow.registered_model_name={NAME}"
+        )
     assert not (tmp_path / "data").exists() and not (tmp_path / "mlruns").exists()

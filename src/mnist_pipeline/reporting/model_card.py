@@ -67,8 +67,7 @@ def model_card(
         "",
         "## Data",
         "",
-        f"MNIST, data version {version} (the md5 that data.dvc pins); images per split: "
-        f"{splits}.",
+        f"MNIST, data version {version} (the md5 that data.dvc pins); images per split: {splits}.",
         "",
         "## Metrics",
         "",

@@ -117,12 +117,20 @@ def register(client: MlflowClient, run_id: str, name: str, description: str) -> 
         if champion is None or (score is not None and (best is None or score > best)):
             client.set_registered_model_alias(name, CHAMPION, version)
             before = f" after version {champion.version} ({SCORE} {best})" if champion else ""
-            log.info("%s version %s (%s %s) is the %s%s", name, version, SCORE, score, CHAMPION,
-                     before)
+            log.info(
+                "%s version %s (%s %s) is the %s%s", name, version, SCORE, score, CHAMPION, before
+            )
         else:
             log.info(
                 "%s version %s (%s %s) registered; the %s stays version %s (%s %s)",
-                name, version, SCORE, score, CHAMPION, champion.version, SCORE, best,
+                name,
+                version,
+                SCORE,
+                score,
+                CHAMPION,
+                champion.version,
+                SCORE,
+                best,
             )
     except Exception as error:
         if out_of_reach(error):  # kept, and registered once the store is back
