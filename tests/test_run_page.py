@@ -153,7 +153,7 @@ def test_versions_are_registered_and_the_champion_moves_only_when_beaten(runs, c
     assert str(client.get_model_version_by_alias(NAME, CHAMPION).version) == "2"
     assert client.get_model_version(NAME, "4").description == "better again"
     assert [r.getMessage().split(";")[1].strip() for r in caplog.records] == [
-        f"the champion stays version 2 (test/acc {runs.better.data.metrics['test/acc']})"
+        f"the champion stays version 2 (test/acc {runs.better.data.metrics['test/acc']:.4f})"
     ] * 2
 
 

@@ -101,9 +101,14 @@ def register(client: MlflowClient, run_id: str, name: str, description: str) -> 
 
     try:
         run = client.get_run(run_id)
-        (model,) = client.search_logged_models(
+        models = client.search_logged_models(
             [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
         )
+        if not models:
+            raise ValueError("the run has no logged model")
+        # The newest (a resumed run logs its model again), by its own id: a run's `runs:/`
+        # path holds no model in MLflow 3 and registering it warns.
+        model = max(models, key=lambda logged: logged.creation_timestamp)
         mlflow.set_tracking_uri(client.tracking_uri)
         version = mlflow.register_model(f"models:/{model.model_id}", name).version
         client.update_model_version(name, version, description[:DESCRIPTION_LIMIT])
@@ -116,21 +121,14 @@ def register(client: MlflowClient, run_id: str, name: str, description: str) -> 
             best = _score(client, champion.run_id)
         if champion is None or (score is not None and (best is None or score > best)):
             client.set_registered_model_alias(name, CHAMPION, version)
-            before = f" after version {champion.version} ({SCORE} {best})" if champion else ""
+            before = f" after version {champion.version} ({_shown(best)})" if champion else ""
             log.info(
-                "%s version %s (%s %s) is the %s%s", name, version, SCORE, score, CHAMPION, before
+                "%s version %s (%s) is the %s%s", name, version, _shown(score), CHAMPION, before
             )
         else:
             log.info(
-                "%s version %s (%s %s) registered; the %s stays version %s (%s %s)",
-                name,
-                version,
-                SCORE,
-                score,
-                CHAMPION,
-                champion.version,
-                SCORE,
-                best,
+                "%s version %s (%s) registered; the %s stays version %s (%s)",
+                *(name, version, _shown(score), CHAMPION, champion.version, _shown(best)),
             )
     except Exception as error:
         if out_of_reach(error):  # kept, and registered once the store is back
@@ -140,6 +138,10 @@ def register(client: MlflowClient, run_id: str, name: str, description: str) -> 
             f"logger.mlflow.registered_model_name={name}: could not register the model of run "
             f"{run_id} in {client.tracking_uri} ({reason})"
         ) from None
+
+
+def _shown(score: float | None) -> str:
+    return f"{SCORE} {score:.4f}" if score is not None else f"no {SCORE}"
 
 
 def _score(client: MlflowClient, run_id: str | None) -> float | None:
