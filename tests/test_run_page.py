@@ -126,7 +126,7 @@ def test_a_run_compares_in_the_run_table_and_reads_on_its_page(runs):
     # The model card: written, logged, its first paragraph the run's description.
     card = (runs.dir / "better" / "model_card.md").read_text()
     assert {"config.yaml", "model_card.md", "checkpoints"} <= artifacts
-    assert card.startswith("# better\n\nMLP, 101,770 parameters: test accuracy ")
+    assert card.startswith("# better: an MNIST digit classifier\n\nMLP, 101,770 parameters: test ")
     note = run.data.tags["mlflow.note.content"]
     assert card.startswith(note) and "## " not in note and "weakest digit" in note
     for part in ("## Weakest digits", "28x28 pixels in [0, 1], white digit on black, centred"):

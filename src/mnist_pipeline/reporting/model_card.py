@@ -51,7 +51,7 @@ def model_card(
         else "never mistaken"
     )
     lines = [
-        f"# {title}",
+        f"# {title}: an MNIST digit classifier",
         "",
         f"{describe(net)}: test accuracy {metrics['accuracy']:.2%}, macro F1 "
         f"{metrics['macro_f1']:.4f}; weakest digit {worst['digit']} (F1 {worst['f1']:.4f}, "
@@ -85,7 +85,8 @@ def model_card(
         "|---|---|---|---|---|---|",
         *(
             f"| {row['digit']} | {row['f1']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} "
-            f"| {row['mistaken_for']} | {row['times']} of {row['images']} |"
+            f"| {'-' if row['mistaken_for'] is None else row['mistaken_for']} "
+            f"| {row['times']} of {row['images']} |"
             for row in rows[:WORST]
         ),
         "",
