@@ -36,6 +36,7 @@ from mnist_pipeline.tracking.logger import (
     check_server,
     data_version,
     dataset_inputs,
+    default_run_name,
     resolve_tracking_uri,
 )
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
@@ -225,7 +226,8 @@ def _card(
     """Write `out`/model_card.md; returns it."""
     logged = mlflow is not None and mlflow.log_pyfunc
     card = model_card(
-        title=mlflow._run_name if mlflow is not None and mlflow._run_name else out.name,
+        # The run's name; a resumed run's logger has none: the name it would have had.
+        title=(mlflow._run_name if mlflow is not None else None) or default_run_name(cfg.model),
         net=net,
         metrics=metrics,
         summary=summary,

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
 # Hydra's instructions for building an object, not settings of it: never a param.
-HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_", "_args_")
+HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_")
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -171,7 +171,7 @@ def selected_params(flat: Mapping[str, Any], patterns: Sequence[str] | None) -> 
     return {
         key: value
         for key, value in flat.items()
-        if not key.endswith(HYDRA_FLAGS)
+        if key.rsplit(".", 1)[-1] not in HYDRA_FLAGS
         and (patterns is None or any(fnmatchcase(key, pattern) for pattern in patterns))
     }
 
