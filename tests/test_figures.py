@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mnist_pipeline.reporting import figures
-from mnist_pipeline.reporting.evaluation import flat_metrics, score
+from mnist_pipeline.reporting.evaluation import digit_rows, score
 
 
 def _curve(epochs: int, rng: np.random.Generator) -> list[dict[str, float | str]]:
@@ -119,9 +119,10 @@ def test_score_summarises_and_tables_the_digits() -> None:
     assert (metrics["worst_digit"], metrics["worst_f1"]) == (7, seven["f1"])
     f1 = [row["f1"] for row in metrics["per_class"]]
     assert metrics["macro_f1"] == pytest.approx(sum(f1) / 10, abs=1e-6)
-    flat = flat_metrics(metrics)
-    assert len(flat) == 5 + 30 and flat["eval/f1_7"] == seven["f1"]
-    assert flat["eval/worst_digit"] == 7
+    # The table of digits (MLflow's): what each is most often taken for, and how often.
+    rows = digit_rows(metrics)
+    assert rows[7] == {**seven, "images": 10, "mistaken_for": 1, "times": 3}
+    assert rows[1] == {**one, "images": 10, "mistaken_for": None, "times": 0}
 
 
 def test_the_report_loss_is_the_training_cross_entropy_even_for_a_diverged_network() -> None:

@@ -57,6 +57,18 @@ def records(tmp_path, run_id):
         {"text": "seed: 7\n", "file": "config.yaml"},
         {"metrics": [["val/acc", 0.5, 1000, 10], ["val/acc", 0.75, 2000, 20]]},
         {"artifact": str(artifact), "dir": "reports"},
+        {"table": [{"digit": 0, "f1": 0.9}, {"digit": 1, "f1": 0.8}], "file": "reports/t.json"},
+        {
+            "datasets": [
+                {
+                    "name": "mnist-train",
+                    "digest": "0" * 32 + ".dir",
+                    "source": {"uri": "data/raw", "dvc_file": "data.dvc"},
+                    "context": "training",
+                    "rows": 500,
+                }
+            ]
+        },
         {"status": "FINISHED"},
     ]
 
@@ -78,12 +90,12 @@ def test_records_are_kept_once_the_store_is_out_of_reach_and_synced_in_order(
     expected = records(tmp_path, run_id)
     expected[3]["artifact"] = f"{UNSENT_DIR}/files/curve.csv"
     assert [json.loads(line) for line in lines[1:]] == expected
-    with pytest.raises(TrackingError, match=r"5 records of run .* src/sync.py .*run"):
+    with pytest.raises(TrackingError, match=r"7 records of run .* src/sync.py .*run"):
         outbox.check_sent()
 
     # The store comes back (here: under another address).
     count, synced = sync(tmp_path / "run", tracking_uri=uri)
-    assert (count, synced.run_id) == (5, run_id)
+    assert (count, synced.run_id) == (7, run_id)
     assert not (tmp_path / "run" / UNSENT_DIR).exists()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -91,6 +103,16 @@ def test_records_are_kept_once_the_store_is_out_of_reach_and_synced_in_order(
     history = client.get_metric_history(run_id, "val/acc")
     assert [(m.step, m.value) for m in history] == [(10, 0.5), (20, 0.75)]
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "reports"}
+    table = json.loads(
+        open(client.download_artifacts(run_id, "reports/t.json", str(tmp_path))).read()
+    )
+    assert table == {"columns": ["digit", "f1"], "data": [[0, 0.9], [1, 0.8]]}
+    (data,) = run.inputs.dataset_inputs
+    assert (data.dataset.name, data.dataset.digest, data.tags[0].value) == (
+        "mnist-train",
+        "0" * 32 + ".dir",
+        "training",
+    )
     outbox.check_sent()  # nothing waits any more
 
 
@@ -194,9 +216,9 @@ def test_a_tracking_server_killed_mid_training_loses_nothing(tiny_run, tracking_
     assert f"records of MLflow run {run.info.run_id}" in sent.stdout
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "val/acc")
-    # Each epoch's, at Lightning's step: the index (from 0) of the epoch's last optimizer step.
-    assert [m.step for m in history] == [10 * epoch - 1 for epoch in range(1, 31)]
-    assert "test/acc" in run.data.metrics and "eval/accuracy" in run.data.metrics
+    # Each epoch's, at step = the epoch (from 0).
+    assert [m.step for m in history] == list(range(30))
+    assert "test/acc" in run.data.metrics and "test/macro_f1" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "reports"} <= artifacts
     assert client.search_logged_models([run.info.experiment_id])[0].source_run_id == (

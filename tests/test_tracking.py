@@ -1,5 +1,6 @@
 """MLflow tracking against real stores: a sqlite file and an `mlflow server` on loopback."""
 
+import json
 import time
 
 import numpy as np
@@ -28,19 +29,21 @@ def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_s
     assert params["optimizer.lr"] == "0.001" and params["trainer.max_epochs"] == "2"
     assert params["data.val_size"] == "100"
 
-    # 500 samples in batches of 50: 10 optimizer steps per epoch; a value's step is Lightning's:
-    # the index (from 0) of the optimizer step it was logged at, or the epoch's last.
+    # 500 samples in batches of 50: 10 optimizer steps per epoch. A per-epoch value's step is
+    # its epoch; a per-step value's is Lightning's: the index (from 0) of its optimizer step.
     history = client.get_metric_history(run.info.run_id, "val/acc")
-    assert [m.step for m in history] == [9, 19]  # once per epoch
+    assert [m.step for m in history] == [0, 1]  # once per epoch
     history = client.get_metric_history(run.info.run_id, "train/loss_step")
     assert [m.step for m in history] == [3, 7, 11, 15, 19]
     assert all(0 < m.value < 3 for m in history)
-    for key in ("train/loss", "train/acc", "val/loss", "test/acc", "test/loss", "eval/accuracy"):
+    for key in ("train/loss", "train/acc", "val/loss", "test/acc", "test/loss", "lr-Adam"):
         assert key in run.data.metrics, key
-    assert run.data.metrics["eval/accuracy"] == pytest.approx(
-        run.data.metrics["test/acc"], abs=1e-6
-    )
-    assert "eval/f1_7" in run.data.metrics
+    # The report's headline, its numbers those of metrics.json; the digits are a table.
+    report = json.loads((tmp_path / "run" / "reports" / "metrics.json").read_text())
+    assert run.data.metrics["test/acc"] == pytest.approx(report["accuracy"], abs=1e-6)
+    for key in ("macro_f1", "worst_f1", "worst_digit"):
+        assert run.data.metrics[f"test/{key}"] == pytest.approx(report[key]), key
+    assert len(run.data.metrics) == 12 and "epoch" not in run.data.metrics
 
     tags = run.data.tags
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
@@ -49,7 +52,9 @@ def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_s
     assert tags["hydra.output_dir"] == str(tmp_path / "run")
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "checkpoints", "reports"} <= artifacts
+    assert {"config.yaml", "checkpoints", "reports", "model_card.md"} <= artifacts
+    reports = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert "reports/digits.json" in reports
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
         "checkpoints/best.ckpt"
     ]

@@ -27,6 +27,8 @@ from mnist_pipeline.training.curve import read_curve
 
 log = logging.getLogger(__name__)
 WALKTHROUGH_DIGITS = 5
+# The summary of a report (metrics.json), the numbers a reader looks at first.
+HEADLINE = ("accuracy", "loss", "macro_f1", "worst_f1", "worst_digit")
 # The per-class scores of a report, one column each of per_class.json.
 SCORES = {
     "precision": multiclass_precision,
@@ -43,8 +45,9 @@ def logits_of(net: nn.Module, images: torch.Tensor, batch_size: int = 2000) -> t
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """Accuracy, loss, macro F1, the worst digit and its F1, and `per_class`: one row of
-    precision/recall/F1 (torchmetrics) per digit.
+    """Accuracy, loss, macro F1, the worst digit and its F1, `per_class`: one row of
+    precision/recall/F1 (torchmetrics) per digit, and `confusion`: the confusion matrix (a row
+    per true digit, a column per guess) as lists.
 
     The loss is the training's cross-entropy of the logits, so it equals the test loss of the
     training (`test/loss`); from the softmax probabilities it would be capped wherever a
@@ -67,7 +70,27 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         "worst_f1": worst["f1"],
         "worst_digit": worst["digit"],
         "per_class": per_class,
+        "confusion": multiclass_confusion_matrix(predicted, labels, NUM_CLASSES).tolist(),
     }
+
+
+def digit_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """`per_class` of a `score` with, for each digit, its test images and the guess it is
+    most often mistaken for (None when never) and how often."""
+    rows = []
+    for row, counts in zip(metrics["per_class"], metrics["confusion"], strict=True):
+        digit = row["digit"]
+        wrong = [(count, guess) for guess, count in enumerate(counts) if guess != digit]
+        times, guess = max(wrong)
+        rows.append(
+            {
+                **row,
+                "images": sum(counts),
+                "mistaken_for": guess if times else None,
+                "times": times,
+            }
+        )
+    return rows
 
 
 def write_report(
@@ -84,7 +107,7 @@ def write_report(
     predicted = outputs.argmax(dim=-1)
     # metrics.json is DVC's (a column each in `dvc exp show`): the summary only; the table of
     # 10 digits x 3 scores is a plot (bars of F1 per digit).
-    summary = {key: value for key, value in metrics.items() if key != "per_class"}
+    summary = {key: value for key, value in metrics.items() if key in HEADLINE}
     atomic_write_json(reports / "metrics.json", summary)
     atomic_write_json(reports / "per_class.json", metrics["per_class"])
     # DVC's confusion template reads one {actual, predicted} row per test image.
@@ -94,8 +117,7 @@ def write_report(
     pictures = reports / "figures"
     written = [pictures / "confusion_matrix.png", pictures / "misclassified.png"]
     wrong = (predicted != labels).nonzero().flatten()
-    matrix = multiclass_confusion_matrix(predicted, labels, NUM_CLASSES)
-    figures.confusion_matrix_figure(matrix, written[0])
+    figures.confusion_matrix_figure(torch.tensor(metrics["confusion"]), written[0])
     figures.misclassified_figure(
         images[wrong] / 255.0, labels[wrong], probabilities[wrong], written[1]
     )
@@ -132,19 +154,13 @@ def _one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
     return torch.stack([(labels == digit).nonzero()[0, 0] for digit in range(count)])
 
 
-def flat_metrics(metrics: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
-    """A `score` as flat MLflow metric names: eval/accuracy, eval/macro_f1, eval/f1_3, ..."""
-    flat = {f"{prefix}{key}": value for key, value in metrics.items() if key != "per_class"}
-    for row in metrics["per_class"]:
-        flat.update({f"{prefix}{name}_{row['digit']}": row[name] for name in SCORES})
-    return flat
-
-
 def log_report(logger: Any, metrics: dict[str, Any], reports: Path, written: list[Path]) -> None:
-    """Metrics, metrics.json, per_class.json and figures of a report into an MLflow run."""
-    logger.log_metrics(flat_metrics(metrics), step=0)
+    """A report in an MLflow run: its headline as test/* metrics (accuracy and loss are the
+    training's test/acc and test/loss already), the digits as one table artifact
+    (reports/digits.json: not 30 metrics, 30 charts), metrics.json and the figures."""
+    logger.log_metrics({f"test/{key}": metrics[key] for key in HEADLINE[2:]})
     logger.flush()
-    for name in ("metrics.json", "per_class.json"):
-        logger.log_artifact(reports / name, "reports")
+    logger.log_table(digit_rows(metrics), "reports/digits.json")
+    logger.log_artifact(reports / "metrics.json", "reports")
     for path in written:
         logger.log_artifact(path, "reports/figures")

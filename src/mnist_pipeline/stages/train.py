@@ -18,16 +18,27 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.atomic import atomic_write_json
+from mnist_pipeline.atomic import atomic_write_json, atomic_write_text
 from mnist_pipeline.checkpoint_files import RUN_ID_KEY, read_checkpoint
 from mnist_pipeline.config import ConfigError, differing_keys, flatten, resolve_path, validate
 from mnist_pipeline.networks import describe
 from mnist_pipeline.parts import build_callbacks, build_classifier, build_loggers, part_configs
-from mnist_pipeline.reporting.evaluation import log_report, write_report
+from mnist_pipeline.reporting.evaluation import log_report, logits_of, score, write_report
+from mnist_pipeline.reporting.model_card import FILE as CARD_FILE
+from mnist_pipeline.reporting.model_card import card_summary, model_card
 from mnist_pipeline.search.trial import TrialPruning, current_trial
 from mnist_pipeline.stages.outputs import held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
-from mnist_pipeline.tracking.logger import MLflowLogger, check_server, resolve_tracking_uri
+from mnist_pipeline.tracking.logger import (
+    EpochOfMetrics,
+    MLflowLogger,
+    check_registry,
+    check_server,
+    data_version,
+    dataset_inputs,
+    default_run_name,
+    resolve_tracking_uri,
+)
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
 from mnist_pipeline.tracking.sweeps import mlflow_settings
 from mnist_pipeline.training.checkpoints import AtomicCheckpointIO, RunIdInCheckpoint, find_last
@@ -92,7 +103,11 @@ def _train(
         # An unreachable server fails the command before any work; data that cannot be had
         # fails it before any run is opened.
         if (settings := mlflow_settings(cfg)) is not None:
-            check_server(resolve_tracking_uri(settings.get("tracking_uri")))
+            uri = resolve_tracking_uri(settings.get("tracking_uri"))
+            check_registry(
+                uri, settings.get("registered_model_name"), settings.get("log_model", True)
+            )
+            check_server(uri)
         built["data"].prepare_data()
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
     with held(out) if rank_zero_only.rank == 0 else nullcontext():
@@ -124,6 +139,7 @@ def _fit_test_report(
 ) -> float:
     callbacks = build_callbacks(cfg, out)
     if mlflow is not None:
+        callbacks.insert(0, EpochOfMetrics(mlflow))  # first: before LearningRateMonitor's
         callbacks.append(RunIdInCheckpoint(lambda: mlflow.run_id))
     if (trial := current_trial()) is not None:  # a trial of a search: report, maybe prune
         callbacks.append(TrialPruning(trial))
@@ -138,8 +154,10 @@ def _fit_test_report(
         default_root_dir=out,
         plugins=[AtomicCheckpointIO()],
     )
-    for logger in loggers:
-        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params["model/params/total"] = sum(p.numel() for p in model.net.parameters())
+    for logger in loggers:  # MLflow's keeps the keys of its `params` setting
+        logger.log_hyperparams(params)
     if mlflow is not None:
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     with ctrl_c_exits_130(trainer):
@@ -170,16 +188,56 @@ def _fit_test_report(
     written: list[Path] = []
     if cfg.report:
         metrics, written = write_report(net, images, labels, reports)
+    else:  # the card's numbers: a forward pass over the test set, no figures
+        metrics = score(logits_of(net, images), labels)
+    splits = {
+        split: len(getattr(datamodule, split)[1])
+        for split in ("train", "val", "test")
+        if getattr(datamodule, split, None) is not None
+    }
+    card = _card(cfg, net, metrics, summary, splits, mlflow, best, out)
     if mlflow is not None:
+        data = type(datamodule).__name__.removesuffix("DataModule").lower() or "data"
+        if datasets := dataset_inputs(data, splits):
+            mlflow.log_datasets(datasets)
         if best:
             mlflow.log_artifact(Path(best), "checkpoints")
         mlflow.log_artifact(reports / "training_curve.csv", "reports")
         if cfg.report:
             log_report(mlflow, metrics, reports, written)
+        mlflow.log_artifact(out / CARD_FILE)
+        mlflow.set_tags({"mlflow.note.content": card_summary(card)})
         if mlflow.log_pyfunc:
             network = OmegaConf.to_container(cfg.model, resolve=True)
-            mlflow.log_pyfunc_model(net, network, images[:5].float() / 255.0)
+            mlflow.log_pyfunc_model(net, network, images[:5].float() / 255.0, card)
     return summary["best_val_acc"]
+
+
+def _card(
+    cfg: DictConfig,
+    net: Any,
+    metrics: dict[str, Any],
+    summary: dict[str, Any],
+    splits: dict[str, int],
+    mlflow: MLflowLogger | None,
+    best: str | None,
+    out: Path,
+) -> str:
+    """Write `out`/model_card.md; returns it."""
+    logged = mlflow is not None and mlflow.log_pyfunc
+    card = model_card(
+        # The run's name; a resumed run's logger has none: the name it would have had.
+        title=(mlflow._run_name if mlflow is not None else None) or default_run_name(cfg.model),
+        net=net,
+        metrics=metrics,
+        summary=summary,
+        data={"version": data_version(), "splits": splits},
+        model_uri=f"runs:/{mlflow.run_id}/model" if logged else None,
+        checkpoint=best,
+        registered_name=mlflow.registered_model_name if logged else None,
+    )
+    atomic_write_text(out / CARD_FILE, card)
+    return card
 
 
 @contextmanager

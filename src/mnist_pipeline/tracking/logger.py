@@ -6,13 +6,14 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
+# Hydra's instructions for building an object, not settings of it: never a param.
+HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_")
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -77,6 +80,48 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
         ) from None
 
 
+def check_registry(uri: str, name: str | None, log_model: bool) -> None:
+    """A `TrackingError` unless a model can be registered as `name` in store `uri` (no name:
+    nothing to check): before training, not after it."""
+    if not name:
+        return
+    if not log_model:
+        raise TrackingError(
+            f"logger.mlflow.registered_model_name={name}: the registered version is the run's "
+            "MLflow model; set logger.mlflow.log_model=true"
+        )
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme
+    if scheme == "file" or len(scheme) <= 1:  # or a bare path (or a Windows drive letter)
+        raise TrackingError(
+            f"logger.mlflow.registered_model_name={name}: the MLflow store {uri} is a file "
+            "store, which has no model registry; use a database (sqlite:///mlflow.db, the "
+            "default) or a tracking server"
+        )
+
+
+def dataset_inputs(name: str, splits: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The data splits of a training as MLflow dataset inputs (`models.log_datasets`): named
+    `<name>-<split>`, with data.dvc's md5 as digest and its path as source; none when the data
+    is not pinned (no data.dvc)."""
+    pinned = pinned_data()
+    if pinned is None:
+        return []
+    md5, path = pinned
+    contexts = {"train": "training", "val": "validation", "test": "test"}
+    return [
+        {
+            "name": f"{name}-{split}",
+            "digest": md5,
+            "source": {"uri": path, "dvc_file": "data.dvc"},
+            "context": contexts.get(split, split),
+            "rows": rows,
+        }
+        for split, rows in splits.items()
+    ]
+
+
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment `name`, created (or restored) if needed."""
     experiment = client.get_experiment_by_name(name)
@@ -103,13 +148,32 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def data_version() -> str | None:
-    """The md5 that data.dvc pins for the raw MNIST files, if the project has one."""
+def pinned_data() -> tuple[str, str] | None:
+    """(md5, path) of what data.dvc pins (the raw MNIST files), if the project has it."""
     try:
         pinned = yaml.safe_load((PROJECT_ROOT / "data.dvc").read_text())
-        return pinned["outs"][0]["md5"]
+        return str(pinned["outs"][0]["md5"]), str(pinned["outs"][0]["path"])
     except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
         return None
+
+
+def data_version() -> str | None:
+    """The md5 that data.dvc pins for the raw MNIST files, if the project has one."""
+    pinned = pinned_data()
+    return pinned[0] if pinned else None
+
+
+def selected_params(flat: Mapping[str, Any], patterns: Sequence[str] | None) -> dict[str, Any]:
+    """The keys of a flattened config that match one of `patterns` (fnmatch; None: all), less
+    Hydra's building flags (`HYDRA_FLAGS`)."""
+    from fnmatch import fnmatchcase
+
+    return {
+        key: value
+        for key, value in flat.items()
+        if key.rsplit(".", 1)[-1] not in HYDRA_FLAGS
+        and (patterns is None or any(fnmatchcase(key, pattern) for pattern in patterns))
+    }
 
 
 def _hydra() -> Any:
@@ -204,7 +268,12 @@ class MLflowLogger(MLFlowLogger):
        or `python src/sync.py`). Metrics wait in memory and go in one write per epoch (a sqlite
        write costs as much as 20 steps of the MLP), before the curve CSV: once the curve shows
        an epoch, MLflow has it too;
-    4. with `log_model`, an MLflow pyfunc model instead of Lightning's checkpoint upload.
+    4. with `log_model`, an MLflow pyfunc model instead of Lightning's checkpoint upload,
+       registered as a new version of `registered_model_name` when given (`models.register`);
+    5. a run table that compares: only the config keys of `params` as params, and per-epoch
+       metrics at step = epoch (Lightning's step is the optimizer step), so that their charts'
+       x-axis counts epochs (`EpochOfMetrics` tells it the epoch of a learning-rate record);
+    6. with `log_system_metrics`, MLflow's own monitor of CPU, memory, disk, network (and GPU).
 
     And one thread: the run is created (Lightning's `__init__` and `experiment`, under the
     store's lock) while training starts. Importing mlflow and opening the store take 1.5-3 s,
@@ -224,9 +293,17 @@ class MLflowLogger(MLFlowLogger):
         tags: Mapping[str, str] | None = None,
         log_model: bool = True,
         save_dir: str | None = None,
+        params: Sequence[str] | None = None,
+        registered_model_name: str | None = None,
+        log_system_metrics: bool = False,
     ) -> None:
         self.uri = resolve_tracking_uri(tracking_uri)
         self.log_pyfunc = log_model
+        self.params = list(params) if params is not None else None
+        self.registered_model_name = registered_model_name
+        self.log_system_metrics = log_system_metrics
+        self.epoch = 0  # of the metrics logged without one (see `log_metrics`)
+        self._monitor: Any = None  # MLflow's SystemMetricsMonitor, once started
         self.outbox = Outbox(self.uri, Path(save_dir) / UNSENT_DIR if save_dir else None, run_id)
         self._pending: list[tuple[str, float, int, int]] = []  # metrics until the epoch ends
         self._waiting: list[Record] = []  # records until they are sent, in order
@@ -283,6 +360,13 @@ class MLflowLogger(MLFlowLogger):
             log.info("MLflow run %s (%s) in %s", self._run_id, self._run_name, self.uri)
         for orphan in mark_orphans(client, self._experiment_id, keep=self._run_id):
             log.info("MLflow run %s was left RUNNING by a process that is gone: KILLED", orphan)
+        if self.log_system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self._run_id, resume_logging=self._resumed, tracking_uri=self.uri
+            )
+            self._monitor.start()
 
     @property
     @rank_zero_experiment
@@ -309,8 +393,12 @@ class MLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
-        """Params at MLflow's own limit of 6000 characters a value (Lightning cuts at 250)."""
-        params = {key: str(value)[:6000] for key, value in dict(params).items()}
+        """The keys of `params` (a flattened config) that `self.params` names, at MLflow's own
+        limit of 6000 characters a value (Lightning cuts at 250)."""
+        params = {
+            key: str(value)[:6000]
+            for key, value in selected_params(dict(params), self.params).items()
+        }
         # A resumed run keeps the params it started with: MLflow refuses to change one (and
         # the resume check made sure the model settings are the same).
         if params and not self._resumed:
@@ -328,10 +416,18 @@ class MLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Per-step values (`*_step`) at Lightning's step, the optimizer step; they wait in
+        memory for the epoch's. Other values at step = their epoch: the "epoch" that Lightning
+        adds to its calls (not logged itself: the step says it), else `self.epoch`."""
         now = int(time.time() * 1000)
-        self._pending += [(key, float(value), now, step or 0) for key, value in metrics.items()]
-        # Lightning adds "epoch" to every call: per-step values (`*_step`) wait for the epoch's.
-        if any(key != "epoch" and not key.endswith("_step") for key in metrics):
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        if epoch is not None:
+            self.epoch = int(epoch)
+        per_step = any(key.endswith("_step") for key in metrics)
+        step = (step or 0) if per_step else self.epoch
+        self._pending += [(key, float(value), now, step) for key, value in metrics.items()]
+        if metrics and not per_step:
             self.flush()
 
     def flush(self) -> None:
@@ -358,6 +454,8 @@ class MLflowLogger(MLFlowLogger):
         except Exception as error:
             log.debug("no MLflow run to end: %s", error)
             return
+        if self._monitor is not None:  # its last samples before the run ends
+            self._monitor.finish()
         self._post({"status": status})
 
     def check_sent(self) -> None:
@@ -370,8 +468,22 @@ class MLflowLogger(MLFlowLogger):
         self._post({"artifact": str(path), "dir": artifact_dir})
 
     @rank_zero_only
-    def log_pyfunc_model(self, net: nn.Module, config: Mapping[str, Any], example: Tensor) -> None:
-        """An MLflow model: pixels (N, 28, 28) float32 in [0, 1] -> probabilities (N, 10).
+    def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """A table artifact (MLflow's `log_table`): one row a dict, the same keys in each."""
+        self._post({"table": rows, "file": artifact_file})
+
+    @rank_zero_only
+    def log_datasets(self, datasets: list[dict[str, Any]]) -> None:
+        """Inputs of the run (`models.log_datasets`: name, digest, source, context, rows)."""
+        self._post({"datasets": datasets})
+
+    @rank_zero_only
+    def log_pyfunc_model(
+        self, net: nn.Module, config: Mapping[str, Any], example: Tensor, card: str = ""
+    ) -> None:
+        """An MLflow model: pixels (N, 28, 28) float32 in [0, 1] -> probabilities (N, 10);
+        registered as a new version of `registered_model_name`, if set, with the model card
+        `card` as its description.
 
         `config` is the model config `net` was built from: if the store is out of reach, the
         model is kept as that config and the weights (see `Outbox._keep`)."""
@@ -380,3 +492,16 @@ class MLflowLogger(MLFlowLogger):
         model = Probabilities(net).cpu().eval()
         example = example.detach().cpu().float()
         self._post({"model": model, "network": dict(config), "example": example})
+        if self.registered_model_name:
+            self._post({"register": self.registered_model_name, "description": card})
+
+
+class EpochOfMetrics(Callback):
+    """Tells an `MLflowLogger` each epoch as it starts, before the other callbacks: Lightning's
+    `LearningRateMonitor` logs the epoch's learning rate then, with the optimizer step only."""
+
+    def __init__(self, logger: MLflowLogger) -> None:
+        self.logger = logger
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self.logger.epoch = trainer.current_epoch

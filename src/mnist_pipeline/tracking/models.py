@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mnist_pipeline import installed
+from mnist_pipeline.tracking.outbox import TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"  # the alias of the registered version with the best test accuracy
+SCORE = "test/acc"  # what makes a champion
+DESCRIPTION_LIMIT = 5000  # characters of a model version's description in MLflow's stores
 
 
 def log_model(uri: str, run_id: str, model: nn.Module, example: torch.Tensor) -> None:
@@ -54,3 +66,89 @@ def _user_code(net: nn.Module) -> set[str]:
             continue
         paths.add(str(source.parent if source.name == "__init__.py" else source))
     return paths
+
+
+def log_datasets(client: MlflowClient, run_id: str, datasets: list[dict[str, Any]]) -> None:
+    """The data splits a run used as its dataset inputs: each `{"name", "digest", "source",
+    "context", "rows"}`, the source a DVC-tracked path, the context training/validation/test."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = [
+        DatasetInput(
+            Dataset(
+                name=data["name"],
+                digest=data["digest"],
+                source_type="dvc",
+                source=json.dumps(data["source"]),
+                profile=json.dumps({"num_rows": data["rows"]}),
+            ),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, data["context"])],
+        )
+        for data in datasets
+    ]
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def register(client: MlflowClient, run_id: str, name: str, description: str) -> None:
+    """Run `run_id`'s model as a new version of registered model `name`, described by
+    `description` (its model card). The alias `champion` moves to it when its test accuracy
+    beats the champion's (a tie keeps the champion); one log line says which."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mnist_pipeline.tracking.outbox import out_of_reach
+
+    try:
+        run = client.get_run(run_id)
+        models = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        if not models:
+            raise ValueError("the run has no logged model")
+        # The newest (a resumed run logs its model again), by its own id: a run's `runs:/`
+        # path holds no model in MLflow 3 and registering it warns.
+        model = max(models, key=lambda logged: logged.creation_timestamp)
+        mlflow.set_tracking_uri(client.tracking_uri)
+        version = mlflow.register_model(f"models:/{model.model_id}", name).version
+        client.update_model_version(name, version, description[:DESCRIPTION_LIMIT])
+        score = run.data.metrics.get(SCORE)
+        try:
+            champion = client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:  # no champion yet
+            champion, best = None, None
+        else:
+            best = _score(client, champion.run_id)
+        if champion is None or (score is not None and (best is None or score > best)):
+            client.set_registered_model_alias(name, CHAMPION, version)
+            before = f" after version {champion.version} ({_shown(best)})" if champion else ""
+            log.info(
+                "%s version %s (%s) is the %s%s", name, version, _shown(score), CHAMPION, before
+            )
+        else:
+            log.info(
+                "%s version %s (%s) registered; the %s stays version %s (%s)",
+                *(name, version, _shown(score), CHAMPION, champion.version, _shown(best)),
+            )
+    except Exception as error:
+        if out_of_reach(error):  # kept, and registered once the store is back
+            raise
+        reason = str(getattr(error, "message", error)).strip().splitlines()[0]
+        raise TrackingError(
+            f"logger.mlflow.registered_model_name={name}: could not register the model of run "
+            f"{run_id} in {client.tracking_uri} ({reason})"
+        ) from None
+
+
+def _shown(score: float | None) -> str:
+    return f"{SCORE} {score:.4f}" if score is not None else f"no {SCORE}"
+
+
+def _score(client: MlflowClient, run_id: str | None) -> float | None:
+    """The test accuracy of run `run_id`, if it has one the store can tell."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).data.metrics.get(SCORE) if run_id else None
+    except MlflowException:  # a run deleted since
+        return None

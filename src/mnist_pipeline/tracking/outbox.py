@@ -166,6 +166,16 @@ class Outbox:
             from mnist_pipeline.tracking.models import log_model
 
             log_model(self.uri, self.run_id, model, example)
+        elif "table" in record:
+            client.log_table(self.run_id, _columns(record["table"]), record["file"])
+        elif "datasets" in record:
+            from mnist_pipeline.tracking.models import log_datasets
+
+            log_datasets(client, self.run_id, record["datasets"])
+        elif "register" in record:
+            from mnist_pipeline.tracking.models import register
+
+            register(client, self.run_id, record["register"], record["description"])
         elif "status" in record:
             client.set_terminated(self.run_id, record["status"])
         else:
@@ -250,6 +260,11 @@ class Outbox:
             atomic_write_text(self.file, "".join(json.dumps(r) + "\n" for r in [header, *records]))
         else:
             shutil.rmtree(self.folder)
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows (dicts with the same keys) as the columns `log_table` takes without pandas."""
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
 def open_kept(folder: Path, tracking_uri: str | None = None) -> Outbox:
