@@ -19,7 +19,7 @@ NAME = "mnist-mlp"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory):
+def runs(tmp_path_factory: pytest.TempPathFactory, empty_store):
     """Two trainings registered as NAME: `weak` (1 epoch, 8 hidden units, a low learning rate,
     no report), then `better` (3 epochs, with the report and system metrics); their runs and
     client."""
@@ -31,7 +31,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
         source = tmp / "tiny_mnist"
-        base = _tiny_setup(tmp, (source, make_tiny_mnist(source)), patch)
+        base = _tiny_setup(tmp, (source, make_tiny_mnist(source)), patch, empty_store)
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
         for name, overrides in (
             ("weak", ("trainer.max_epochs=1", "optimizer.lr=0.0003", "model.hidden=8")),
