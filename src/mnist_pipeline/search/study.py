@@ -99,8 +99,9 @@ def _storage(study: optuna.Study) -> BaseStorage:
 
 def beats(study: optuna.Study) -> bool:
     """Whether the study's trials beat (a database): dead ones are found by their silence."""
-    storage = _storage(study)
-    return isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None
+    from optuna.storages._heartbeat import is_heartbeat_enabled  # what Study.optimize asks
+
+    return is_heartbeat_enabled(_storage(study))
 
 
 @contextmanager
