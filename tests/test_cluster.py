@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -62,9 +63,12 @@ def elsewhere(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MNIST_MIRROR", raising=False)
 
+    def home(name: str) -> Path:
+        (tmp_path / name).mkdir(exist_ok=True)
+        return tmp_path / name
+
     def command(name: str, *overrides: str, script: str = "src/train.py") -> list[str]:
-        home = tmp_path / name
-        home.mkdir(exist_ok=True)
+        home = command.home(name)
         flags = [arg for arg in overrides if arg.startswith("-")]
         return [
             sys.executable, str(REPO / script), *flags,
@@ -76,7 +80,7 @@ def elsewhere(tmp_path, monkeypatch):
             *(arg for arg in overrides if not arg.startswith("-")),
         ]  # fmt: skip
 
-    command.home = lambda name: tmp_path / name
+    command.home = home
     return command
 
 
@@ -90,7 +94,7 @@ def test_a_team_tracking_server_on_postgresql(tracking, elsewhere, tmp_path):
     """A training of another checkout logs everything through the server; its model and
     checkpoint come back through it; a sweep nests there. Artifacts go through the server."""
     uri = f"logger.mlflow.tracking_uri={tracking}"
-    home = elsewhere("host-a")
+    home = elsewhere.home("host-a")
     run(elsewhere("host-a", uri, "+trainer.limit_train_batches=4"), cwd=home)
     client, runs = mlflow_runs(str(tracking))
     (training,) = runs
@@ -100,8 +104,8 @@ def test_a_team_tracking_server_on_postgresql(tracking, elsewhere, tmp_path):
     assert training.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "checkpoints", "reports"} <= artifacts
-    figures = [a.path for a in client.list_artifacts(run_id, "reports") if a.path.endswith(".png")]
-    assert figures
+    figures = [a.path for a in client.list_artifacts(run_id, "reports/figures")]
+    assert figures and all(path.endswith(".png") for path in figures)
     (model,) = client.search_logged_models([training.info.experiment_id])
     assert model.source_run_id == run_id
     # What the server stores is in its artifact folder: the client wrote none of it.
@@ -110,12 +114,13 @@ def test_a_team_tracking_server_on_postgresql(tracking, elsewhere, tmp_path):
     assert not list(home.rglob("mlruns")) and not list(home.rglob("mlflow.db"))
 
     # predict.py loads the model through the server, from a third folder.
-    other = tmp_path / "host-b"
-    other.mkdir()
+    other = elsewhere.home("host-b")
     digit = other / "digit.png"
     from PIL import Image
 
-    Image.new("L", (28, 28)).save(digit)
+    one = Image.new("L", (28, 28))
+    one.paste(255, (12, 4, 16, 24))  # a stroke: a one
+    one.save(digit)
     predicted = run(
         [sys.executable, str(REPO / "src/predict.py"), f"model_uri=runs:/{run_id}/model",
          f"image={digit}", "json=true"],
