@@ -38,7 +38,7 @@ def tracking(postgres, tmp_path_factory):
     server = TrackingServer(tmp_path_factory.mktemp("server"), postgres.database("mlflow"))
     server.start()
     yield server
-    server.kill(signal.SIGTERM)
+    server.kill()  # throwaway: its database goes with the PostgreSQL server
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_sweeps_and_searches_run_as_ray_tasks(ray_cluster, postgres, tracking, e
     sweep's parent; trials report to the study in PostgreSQL, and its pruner stops some."""
     home = elsewhere.home("host-a")
     ray = (
-        "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster.address}",
+        "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_cluster.address}",
         f"logger.mlflow.tracking_uri={tracking}", "logger.mlflow.experiment_name=ray",
     )  # fmt: skip
     grid = subprocess.Popen(
