@@ -18,7 +18,7 @@ from cluster_engines import Postgres, RayCluster, missing
 from conftest import REPO, TrackingServer, make_tiny_mnist, mlflow_runs
 from optuna.trial import TrialState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 QUICK = ("report=false", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=1")
 
 
