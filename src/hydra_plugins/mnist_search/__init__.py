@@ -127,14 +127,18 @@ class OptunaSweeper(Sweeper):
             "resuming" if done else "starting",
             shown(location),
         )
-        failures, job = 0, 0
+        failures, job, waiting = 0, 0, False
         while True:
             trials = claim(study, location, s.n_trials, s.n_jobs, space)
             if not trials:
                 if not others_running(study, s.n_trials):
                     break
+                if not waiting:
+                    log.info("study %s: waiting for trials running elsewhere", s.study_name)
+                waiting = True
                 time.sleep(s.heartbeat_interval)  # until they end, or one is found dead
                 continue
+            waiting = False
             overrides = [
                 [
                     *(f"{key}={value}" for key, value in fixed.items()),
