@@ -209,7 +209,7 @@ def test_two_hosts_share_a_study_on_postgresql_and_a_dead_trial_is_redone(postgr
 
 
 def test_sweeps_and_searches_run_as_ray_tasks(ray_cluster, postgres, tracking, elsewhere):
-    """`hydra/launcher=ray` on an existing two-node cluster: a grid's jobs and a search's
+    """`hydra/launcher=ray_cluster` on an existing two-node cluster: a grid's jobs and a search's
     trials run as Ray tasks (not in the command's process), each an MLflow child run of its
     sweep's parent; trials report to the study in PostgreSQL, and its pruner stops some."""
     home = elsewhere.home("host-a")
