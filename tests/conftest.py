@@ -347,20 +347,23 @@ def free_port() -> int:
 
 
 class TrackingServer(str):
-    """A real `mlflow server` on loopback (the string is its URI), with its own sqlite store and
-    artifact folder in `directory`; `kill()` sends it SIGKILL, `start()` starts it (again)."""
+    """A real `mlflow server` on loopback (the string is its URI), with its own store (sqlite in
+    `directory`, or the database URL `backend`) and its artifact folder in `directory`, which
+    it serves (clients never touch it); `kill()` sends it SIGKILL, `start()` starts it (again)."""
 
-    def __new__(cls, directory: Path) -> TrackingServer:
+    def __new__(cls, directory: Path, backend: str | None = None) -> TrackingServer:
         server = super().__new__(cls, f"http://127.0.0.1:{free_port()}")
         server.directory, server.process = directory, None
+        server.backend = backend or f"sqlite:///{directory / 'server.db'}"
+        server.artifacts = directory / "server-artifacts"
         return server
 
     def start(self) -> None:
         port = self.rsplit(":", 1)[1]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", port]
-            + ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.directory / 'server.db'}"]
-            + ["--artifacts-destination", str(self.directory / "server-artifacts")],
+            + ["--workers", "1", "--backend-store-uri", self.backend]
+            + ["--artifacts-destination", str(self.artifacts)],
             cwd=self.directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

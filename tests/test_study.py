@@ -64,6 +64,16 @@ class _Sweeper(dict):
         ({"n_trials": 0}, [], "hydra.sweeper.n_trials=0: expected a whole number >= 1"),
         ({"n_trials": -1}, [], "hydra.sweeper.n_trials=-1: expected a whole number >= 1"),
         (
+            {"heartbeat_interval": 0},
+            [],
+            "hydra.sweeper.heartbeat_interval=0: expected a whole number >= 1",
+        ),
+        (
+            {"grace_period": 0},
+            [],
+            "hydra.sweeper.grace_period=0: expected null or a whole number >= 1",
+        ),
+        (
             {},
             ["model.hidden=range(5,5)"],
             "model.hidden=range(5,5): an empty search space (`low <= high` must hold, but got "
@@ -79,6 +89,7 @@ class _Sweeper(dict):
 )
 def test_a_search_that_cannot_run_is_one_line(settings, arguments, message):
     sweeper = _Sweeper({"n_trials": 20, "n_jobs": 1, "max_failures": 3, "params": None})
+    sweeper.update(heartbeat_interval=60, grace_period=None)
     sweeper.update(settings)
     with pytest.raises(ConfigError) as error:
         checked_search(sweeper, arguments)

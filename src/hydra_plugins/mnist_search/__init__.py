@@ -4,7 +4,8 @@ Written here, not hydra-optuna-sweeper: that plugin pins optuna 2.10, keeps the 
 memory (its SQL storage fails with SQLAlchemy 2), counts `n_trials` per command and cannot
 prune. This one, on optuna >= 4:
 - keeps the study in `hydra.sweeper.storage` (default: the journal file `optuna.journal` at
-  the repository root; a database URL for a team), keyed by `study_name`;
+  the repository root; a database URL for a team, whose hosts share the study), keyed by
+  `study_name`;
 - treats `n_trials` as the study's total: a rerun after a crash or Ctrl-C runs only the
   missing trials, trials left running by a dead process are failed and do not count, and
   processes sharing the study stop together at n;
@@ -17,6 +18,7 @@ Hydra loads plugins only from the `hydra_plugins` package; the search itself is 
 # No `from __future__ import annotations`: Hydra loads this module without registering it in
 # sys.modules, where dataclasses look string annotations up.
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,10 @@ class OptunaSweeperConf:
     n_jobs: int = 1
     # Stop after this many trials in a row failed (a broken config fails them all).
     max_failures: int = 3
+    # A database storage only: each running trial's heartbeat, in seconds; a trial silent for
+    # grace_period seconds (null: twice the interval) is dead, on whichever host, and is retried.
+    heartbeat_interval: int = 60
+    grace_period: int | None = None
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
     # null or none: no pruning.
     pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
@@ -88,10 +94,13 @@ class OptunaSweeper(Sweeper):
         from mnist_pipeline import repository_root
         from mnist_pipeline.search.space import checked_search
         from mnist_pipeline.search.study import (
+            beating,
             best,
             claim,
             load,
+            others_running,
             progress,
+            shown,
             storage_location,
             was_pruned,
         )
@@ -103,6 +112,8 @@ class OptunaSweeper(Sweeper):
         study = load(
             s.study_name,
             location,
+            heartbeat_interval=s.heartbeat_interval,
+            grace_period=s.grace_period,
             sampler=instantiate(s.sampler),
             pruner=make_pruner(s.pruner),
             direction=s.direction,
@@ -114,10 +125,20 @@ class OptunaSweeper(Sweeper):
             done,
             s.n_trials,
             "resuming" if done else "starting",
-            location,
+            shown(location),
         )
-        failures, job = 0, 0
-        while trials := claim(study, location, s.n_trials, s.n_jobs, space):
+        failures, job, waiting = 0, 0, False
+        while True:
+            trials = claim(study, location, s.n_trials, s.n_jobs, space)
+            if not trials:
+                if not others_running(study, s.n_trials):
+                    break
+                if not waiting:
+                    log.info("study %s: waiting for trials running elsewhere", s.study_name)
+                waiting = True
+                time.sleep(s.heartbeat_interval)  # until they end, or one is found dead
+                continue
+            waiting = False
             overrides = [
                 [
                     *(f"{key}={value}" for key, value in fixed.items()),
@@ -127,7 +148,8 @@ class OptunaSweeper(Sweeper):
                 for trial in trials
             ]
             try:
-                returns = self.launcher.launch(overrides, initial_job_idx=job)
+                with beating(study, trials):
+                    returns = self.launcher.launch(overrides, initial_job_idx=job)
             except BaseException:  # Ctrl-C, SIGTERM: these trials do not count
                 for trial in trials:
                     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -138,14 +160,15 @@ class OptunaSweeper(Sweeper):
                     value = float(result.return_value)  # raises what failed the training
                 except Exception as error:
                     failures += 1
-                    study.tell(trial, state=TrialState.FAIL)
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                     log.warning("trial %d failed: %r", trial.number, error)
                     continue
                 failures = 0
+                # Already failed: its beats came too late (a stalled host); it was retried.
                 if was_pruned(study, trial.number):
-                    study.tell(trial, state=TrialState.PRUNED)
+                    study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
                 else:
-                    study.tell(trial, value)
+                    study.tell(trial, value, skip_if_finished=True)
             if failures >= s.max_failures:
                 raise RuntimeError(
                     f"study {s.study_name}: {failures} trials failed in a row (see above); "

@@ -32,9 +32,14 @@ def checked_search(
     opened, too."""
     problems = [
         f"hydra.sweeper.{key}={settings[key]}: expected a whole number >= 1"
-        for key in ("n_trials", "n_jobs", "max_failures")
+        for key in ("n_trials", "n_jobs", "max_failures", "heartbeat_interval")
         if settings[key] < 1
     ]
+    if settings.grace_period is not None and settings.grace_period < 1:
+        problems.append(
+            f"hydra.sweeper.grace_period={settings.grace_period}: expected null or a whole "
+            "number >= 1"
+        )
     if problems:
         raise ConfigError("\n".join(problems))
     params = [f"{key}={value}" for key, value in (settings.params or {}).items()]

@@ -3,11 +3,22 @@
 `n_trials` is the study's total, not one command's: trials finished (complete or pruned) and
 trials running in other live processes count, so a rerun after a crash runs only what is
 missing, and processes sharing a study stop together at n.
+
+Two kinds of storage, one way each to find a dead trial and to take turns:
+- a journal file (the default) is shared by the processes of one machine: a trial is dead when
+  the process that claimed it is gone (its pid), and claims take turns under a lock file;
+- a database (`postgresql://...`) may be shared by several machines: Optuna's heartbeat tells
+  dead trials (no beat for `grace_period` seconds), whichever host looks, and replaces each
+  with a retry of the same point; claims take turns under the database's own lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +28,15 @@ from optuna.distributions import (
     CategoricalDistribution,
     IntDistribution,
 )
+from optuna.exceptions import ExperimentalWarning
 from optuna.pruners import BasePruner
-from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+    fail_stale_trials,
+)
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -32,6 +50,12 @@ PRUNED_ATTR = "pruned_at_epoch"
 DUPLICATE_ATTR = "duplicate_of"
 # Proposals of tried points in a row before a space of choices counts as exhausted.
 MAX_ASKS = 100
+# Times a trial whose process died is run again (same point) before a new point replaces it.
+MAX_RETRIES = 1
+# Optuna warns that heartbeats are meant for `Study.optimize`, which beats for its trials itself:
+# the sweeper asks and tells (its trials run in a launcher's jobs) and beats for them (`beating`).
+warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 def storage_location(storage: str | None, root: Path) -> str:
@@ -42,12 +66,80 @@ def storage_location(storage: str | None, root: Path) -> str:
     return str((root / (storage or JOURNAL)).resolve())
 
 
-def open_storage(location: str) -> BaseStorage:
-    """Optuna's storage at `location` (a database URL or a journal file path)."""
+def shown(location: str) -> str:
+    """`location` fit to log or tag: a database URL without its password."""
+    if "://" not in location:
+        return location
+    from sqlalchemy.engine import make_url
+
+    return make_url(location).render_as_string(hide_password=True)
+
+
+def open_storage(
+    location: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> BaseStorage:
+    """Optuna's storage at `location` (a database URL or a journal file path). A database's
+    trials beat every `heartbeat_interval` seconds while they run (`beating`); one silent for
+    `grace_period` (default twice the interval) is failed and retried (`claim`)."""
     if "://" in location:
-        return optuna.storages.RDBStorage(location)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+        return RDBStorage(
+            location,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=retry if heartbeat_interval else None,
+        )
     Path(location).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(location))
+
+
+def _storage(study: optuna.Study) -> BaseStorage:
+    return study._storage  # Optuna has no public accessor; its own helpers read it
+
+
+def beats(study: optuna.Study) -> bool:
+    """Whether the study's trials beat (a database): dead ones are found by their silence."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled  # what Study.optimize asks
+
+    return is_heartbeat_enabled(_storage(study))
+
+
+@contextmanager
+def beating(study: optuna.Study, trials: list[Trial]) -> Iterator[None]:
+    """Optuna's heartbeat for `trials` while this process runs them (none for a journal)."""
+    # The thread `Study.optimize` runs for its trial; Optuna exports no public name for it.
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with ExitStack() as stack:
+        for trial in trials:
+            stack.enter_context(get_heartbeat_thread(trial._trial_id, _storage(study)))
+        yield
+
+
+@contextmanager
+def claim_lock(location: str, name: str) -> Iterator[bool]:
+    """One process at a time claims trials of study `name`: a lock file beside a journal or
+    sqlite file; the database's own lock on a PostgreSQL or MySQL server, which every host
+    sharing the study reaches. The system (or the server, when the connection drops) releases
+    it if its holder dies. Yields whether a lock is held."""
+    if not location.startswith(("postgresql", "mysql")):
+        with lock_beside(location, ".claim.lock") as locked:
+            yield locked
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    # NullPool: the connection closes on leaving, and the session's lock ends with it.
+    engine = sqlalchemy.create_engine(location, poolclass=NullPool)
+    postgresql = location.startswith("postgresql")
+    take = "SELECT pg_advisory_lock(:key)" if postgresql else "SELECT GET_LOCK(:key, -1)"
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(take), {"key": key})
+            yield True
+    finally:
+        engine.dispose()
 
 
 def fail_orphans(study: optuna.Study, locked: bool = True) -> list[int]:
@@ -89,10 +181,9 @@ def claim(
     """Up to `batch` new trials, as many as the study still misses of `n_trials`, counting
     the ones running elsewhere; each tagged with this host and pid (see `fail_orphans`)."""
     # One process at a time counts the trials and asks for new ones, so that processes sharing
-    # the study never start more than n. A database server has no place for the lock file (two
-    # processes may then overshoot by a trial).
-    with lock_beside(location, ".claim.lock") as locked:
-        for number in fail_orphans(study, locked):
+    # the study never start more than n.
+    with claim_lock(location, study.study_name) as locked:
+        for number in fail_stale(study) if beats(study) else fail_orphans(study, locked):
             log.warning("trial %d was left running by a process that is gone: failed", number)
         state = progress(study)
         missing = n_trials - state["done"] - state["running"]
@@ -108,8 +199,26 @@ def claim(
                 break
             trial.set_user_attr(HOST_ATTR, host)
             trial.set_user_attr(PID_ATTR, pid)
+            if beats(study):  # a trial that never beat is never found dead: beat once now
+                _storage(study).record_heartbeat(trial._trial_id)
             trials.append(trial)
         return trials
+
+
+def fail_stale(study: optuna.Study) -> list[int]:
+    """Fail the trials that stopped beating (their process died, on whichever host), each
+    replaced by a waiting retry of its point (up to `MAX_RETRIES`). Returns their numbers."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    fail_stale_trials(study)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return [t.number for t in failed if t.number in running]
+
+
+def others_running(study: optuna.Study, n_trials: int) -> bool:
+    """Whether a process sharing a beating study still runs trials it needs: one of them may
+    die, and its trial must then be redone here (the study is not done until they end)."""
+    state = progress(study)
+    return beats(study) and state["running"] > 0 and state["done"] < n_trials
 
 
 def ask_untried(study: optuna.Study, space: dict[str, BaseDistribution]) -> Trial | None:
@@ -184,9 +293,15 @@ def best(study: optuna.Study) -> FrozenTrial | None:
     return pick(trials, key=lambda t: t.value)
 
 
-def load(name: str, location: str, **settings: Any) -> optuna.Study:
-    """Study `name` at `location`, created if new (`settings`: sampler, pruner, direction)."""
+def load(
+    name: str,
+    location: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    **settings: Any,
+) -> optuna.Study:
+    """Study `name` at `location`, created if new (`settings`: sampler, pruner, direction;
+    the heartbeat: see `open_storage`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO line per trial: ours say it
-    return optuna.create_study(
-        study_name=name, storage=open_storage(location), load_if_exists=True, **settings
-    )
+    storage = open_storage(location, heartbeat_interval, grace_period)
+    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, **settings)

@@ -135,7 +135,9 @@ def _study(config: DictConfig) -> tuple[str, str] | None:
 
 
 def _study_tags(name: str, location: str) -> dict[str, str]:
-    return {STUDY_TAG: name, STORAGE_TAG: location}
+    from mnist_pipeline.search.study import shown
+
+    return {STUDY_TAG: name, STORAGE_TAG: shown(location)}
 
 
 def _grid_name(sweep_dir: Path) -> str:
