@@ -240,16 +240,18 @@ class MLflowLogger(MLFlowLogger):
             "run_id": run_id,
             "log_model": False,  # the train stage logs the best checkpoint and model itself
         }
-        if rank_zero_only.rank != 0:  # other DDP ranks log nothing: Lightning's dummy experiment
-            super().__init__(**arguments)
-            return
-        bound_http_waits(self.uri)
-        check_server(self.uri)  # an unreachable server fails the command before any work
-        arguments["tags"] = None if run_id else {**run_tags(), **(tags or {})}
         # What Lightning reads before the parent's __init__ has run in the background.
         self._tracking_uri, self._run_id, self._experiment_id = self.uri, run_id, None
         self._experiment_name, self._prefix = experiment_name, ""
         self._log_model, self._checkpoint_callback = False, None
+        if rank_zero_only.rank != 0:
+            # Other DDP ranks log nothing (Lightning's dummy experiment) and open no store: the
+            # parent's __init__ would, and ranks starting together on a new sqlite store raced
+            # to create its tables (seen with torchrun on two nodes).
+            return
+        bound_http_waits(self.uri)
+        check_server(self.uri)  # an unreachable server fails the command before any work
+        arguments["tags"] = None if run_id else {**run_tags(), **(tags or {})}
         executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-run")
         self._created = executor.submit(self._create, arguments)
         executor.shutdown(wait=False)  # its one thread ends with this one task

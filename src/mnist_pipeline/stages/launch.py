@@ -1,0 +1,65 @@
+"""A training started as several processes by torchrun or SLURM (e.g. on several nodes): what
+its processes agree on before Lightning joins them, so that they make one job.
+
+Lightning's own DDP launch (one command, `trainer.devices=N`) starts the other ranks itself and
+hands them rank 0's Hydra run directory; torchrun and SLURM start every process alike, and each
+would take its own timestamp for `hydra.run.dir`. The conf's `${launch_time:...}` is rank 0's
+instead, sent to the others through the rendezvous store that the ranks meet at later anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from datetime import datetime
+from typing import Any
+
+
+@functools.cache
+def _external_launch() -> Any | None:
+    """Lightning's cluster environment of a job of several processes started by torchrun or
+    SLURM (detected as Lightning detects them), else None."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "SLURM_NTASKS" not in os.environ:
+        return None  # the common case, without importing Lightning
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    # Lightning's order: torchrun may run inside a SLURM allocation.
+    for kind in (TorchElasticEnvironment, SLURMEnvironment):
+        if kind.detect():
+            environment = kind()
+            return environment if environment.world_size() > 1 else None
+    return None
+
+
+def rank() -> int:
+    """This process's global rank in a job started by torchrun or SLURM; 0 otherwise."""
+    environment = _external_launch()
+    return environment.global_rank() if environment else 0
+
+
+# The store stays open: on SLURM it is served by rank 0's process, and Lightning's process group
+# joins it there (torch's TCPStore is multi-tenant) instead of binding the port a second time.
+_store: Any = None
+
+
+@functools.cache
+def launch_time() -> datetime:
+    """When the command started; in a job started by torchrun or SLURM, when rank 0 did."""
+    global _store
+    now = datetime.now()
+    environment = _external_launch()
+    if environment is None:
+        return now
+    import torch.distributed
+
+    # Where and how Lightning's process group meets later (`_init_dist_connection`).
+    os.environ["MASTER_ADDR"] = environment.main_address
+    os.environ["MASTER_PORT"] = str(environment.main_port)
+    rank, size = environment.global_rank(), environment.world_size()
+    _store, _, _ = next(torch.distributed.rendezvous("env://", rank=rank, world_size=size))
+    # torchrun's store outlives a restart of the workers: each attempt is a job of its own.
+    key = f"mnist_pipeline/launch_time/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if rank == 0:
+        _store.set(key, now.isoformat())
+        return now
+    return datetime.fromisoformat(_store.get(key).decode())
