@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -37,8 +37,8 @@ def rank() -> int:
     return environment.global_rank() if environment else 0
 
 
-# The store stays open: on SLURM it is served by rank 0's process, and Lightning's process group
-# joins it there (torch's TCPStore is multi-tenant) instead of binding the port a second time.
+# The store stays open: on SLURM rank 0's process serves it, and Lightning's process group joins
+# it there (a multi-tenant TCPStore) instead of binding the port a second time.
 _store: Any = None
 
 
@@ -50,13 +50,22 @@ def launch_time() -> datetime:
     environment = _external_launch()
     if environment is None:
         return now
-    import torch.distributed
+    from torch.distributed import TCPStore
 
-    # Where and how Lightning's process group meets later (`_init_dist_connection`).
+    # Where Lightning's process group meets later (`_init_dist_connection`), and as torch's env://
+    # rendezvous does: torchrun's agent serves the store, else rank 0 does. Rank 0 waits for
+    # nobody (a single-device training under `sbatch --ntasks=2` without srun goes on alone).
     os.environ["MASTER_ADDR"] = environment.main_address
     os.environ["MASTER_PORT"] = str(environment.main_port)
-    rank, size = environment.global_rank(), environment.world_size()
-    _store, _, _ = next(torch.distributed.rendezvous("env://", rank=rank, world_size=size))
+    rank = environment.global_rank()
+    serve = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True)
+    _store = TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=serve,
+        timeout=timedelta(minutes=30),  # Lightning's default for the process group
+        multi_tenant=True,
+    )
     # torchrun's store outlives a restart of the workers: each attempt is a job of its own.
     key = f"mnist_pipeline/launch_time/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     if rank == 0:
