@@ -39,7 +39,10 @@ OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), repla
 # `${launch_time:%H-%M}` in Hydra's run directory: `now`, the same in every process of a job that
 # torchrun or SLURM started; `${rank_zero:x}`: x on that job's rank 0 (and alone), else null.
 OmegaConf.register_new_resolver(
-    "launch_time", lambda pattern: launch.launch_time().strftime(pattern), replace=True
+    "launch_time",
+    lambda pattern: launch.launch_time().strftime(pattern),
+    use_cache=True,  # as Hydra's `now`
+    replace=True,
 )
 OmegaConf.register_new_resolver(
     "rank_zero", lambda value: value if launch.rank() == 0 else None, replace=True

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 
-@functools.cache
 def _external_launch() -> Any | None:
     """Lightning's cluster environment of a job of several processes started by torchrun or
     SLURM (detected as Lightning detects them), else None."""
@@ -42,15 +41,19 @@ def rank() -> int:
 _store: Any = None
 
 
-@functools.cache
 def launch_time() -> datetime:
-    """When the command started; in a job started by torchrun or SLURM, when rank 0 did."""
+    """When the command started (as Hydra's `${now:}`); in a job started by torchrun or SLURM,
+    when its rank 0 did."""
+    return datetime.now() if _external_launch() is None else _agreed_launch_time()
+
+
+@functools.cache  # one exchange a process, however often Hydra resolves its run directory
+def _agreed_launch_time() -> datetime:
     global _store
     now = datetime.now()
-    environment = _external_launch()
-    if environment is None:
-        return now
     from torch.distributed import TCPStore
+
+    environment = _external_launch()
 
     # Where Lightning's process group meets later (`_init_dist_connection`), and as torch's env://
     # rendezvous does: torchrun's agent serves the store, else rank 0 does. Rank 0 waits for
