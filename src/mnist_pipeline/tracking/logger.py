@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,6 +255,19 @@ class MLflowLogger(MLFlowLogger):
         executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-run")
         self._created = executor.submit(self._create, arguments)
         executor.shutdown(wait=False)  # its one thread ends with this one task
+
+    def __getstate__(self) -> dict[str, Any]:
+        """`ddp_spawn` pickles the trainer, loggers included, into the processes it starts: the
+        run is made first, and its future goes as its result (a future does not pickle)."""
+        client = self._created.result() if hasattr(self, "_created") else None
+        return {**self.__dict__, "_created": client} if client else self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("_created") is not None:
+            created: Future[MlflowClient] = Future()
+            created.set_result(state["_created"])
+            state["_created"] = created
+        self.__dict__.update(state)
 
     def _create(self, arguments: dict[str, Any]) -> MlflowClient:
         try:
