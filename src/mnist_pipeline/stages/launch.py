@@ -50,14 +50,12 @@ def launch_time() -> datetime:
 @functools.cache  # one exchange a process, however often Hydra resolves its run directory
 def _agreed_launch_time() -> datetime:
     global _store
-    now = datetime.now()
     from torch.distributed import TCPStore
 
-    environment = _external_launch()
-
+    now, environment = datetime.now(), _external_launch()
     # Where Lightning's process group meets later (`_init_dist_connection`), and as torch's env://
     # rendezvous does: torchrun's agent serves the store, else rank 0 does. Rank 0 waits for
-    # nobody (a single-device training under `sbatch --ntasks=2` without srun goes on alone).
+    # nobody: a one-process training in a SLURM job of several tasks, run without srun, goes on.
     os.environ["MASTER_ADDR"] = environment.main_address
     os.environ["MASTER_PORT"] = str(environment.main_port)
     rank = environment.global_rank()
