@@ -202,7 +202,9 @@ def test_two_hosts_share_a_study_on_postgresql_and_a_dead_trial_is_redone(postgr
     trials = study(url).trials
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 4 and not [t for t in trials if t.state == TrialState.RUNNING], (
-        [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials], output[-3000:])
+        [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in trials],
+        output[-3000:],
+    )
     assert trials[killed].state == TrialState.FAIL  # by B, which could not see A's process
     (retry,) = [t for t in done if t.system_attrs.get("failed_trial") == killed]
     assert retry.params == trials[killed].params and retry.user_attrs["host"] == "other-host"

@@ -1,13 +1,16 @@
 """A real 2-process DDP training on CPU (gloo), launched by Lightning from the Hydra entry point."""
 
 import json
+import pickle
 
 import pytest
 from conftest import REPO, mlflow_runs
 
-from mnist_pipeline.checkpoint_files import load_network
+from mnist_pipeline.checkpoint_files import RUN_ID_KEY, load_network
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import logits_of, score
+from mnist_pipeline.tracking.logger import MLflowLogger
+from mnist_pipeline.training.checkpoints import RunIdInCheckpoint
 
 
 @pytest.mark.slow
@@ -56,3 +59,19 @@ def test_ddp_on_two_cpu_processes(tiny_run, tmp_path, monkeypatch):
     assert runs[0].data.metrics["test/acc"] == pytest.approx(single_process["accuracy"], abs=1e-6)
     # One Hydra output directory: the second rank wrote into the first one's.
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == ["run"]
+
+
+def test_ddp_spawn_takes_the_mlflow_run_into_its_processes(tmp_path):
+    """`ddp_spawn` (sweeps on several devices) pickles the trainer into the processes it starts:
+    the MLflow logger, whose run is made in a background thread, and the callback writing that
+    run's id into checkpoints go with it, and log into that one run."""
+    logger = MLflowLogger(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    callback = RunIdInCheckpoint(logger)
+    spawned, spawned_callback = pickle.loads(pickle.dumps((logger, callback)))
+    checkpoint = {}
+    spawned_callback.on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint[RUN_ID_KEY] == spawned.run_id == logger.run_id is not None
+    spawned.log_metrics({"val/acc": 0.5}, step=0)
+    spawned.end("FINISHED")
+    _, (run,) = mlflow_runs(tmp_path)
+    assert run.data.metrics == {"val/acc": 0.5} and run.info.status == "FINISHED"

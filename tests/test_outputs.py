@@ -49,7 +49,7 @@ def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_pa
     # tmp_path, not the repository's outputs/), a new sqlite store, three trainings started in
     # the same second.
     (tmp_path / "mlflow.db").unlink()  # not the fixture's ready-made store: a new one
-    default = "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
+    default = "outputs/runs/${launch_time:%Y-%m-%d}/${launch_time:%H-%M-%S-%f}"
     assert f"dir: ${{project_root:}}/{default}" in (REPO / "conf" / "config.yaml").read_text()
     processes = {}
     for hidden in (16, 24, 40):

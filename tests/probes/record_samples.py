@@ -4,12 +4,14 @@ command line as any callback is (no code of the pipeline changes):
     PYTHONPATH=tests/probes python src/train.py \
         '+callbacks.record_samples={_target_:record_samples.RecordSamples,dirpath:null}'
 
-Writes `<output dir>/seen/rank<r>-epoch<e>.txt` (one hash per sample), `seen/train-split.txt`
-and `seen/rank<r>-weights.txt` (a hash of the rank's trained weights). `dirpath: null` is the
-run's `checkpoints/` folder; the files go beside it.
+Writes `<output dir>/seen/rank<r>-epoch<e>.txt` (one hash per sample), `seen/train-split.txt`,
+`seen/rank<r>-weights.txt` (a hash of the rank's trained weights) and `seen/rank<r>-metrics.json`
+(the epoch metrics the rank holds after fit and after test). `dirpath: null` is the run's
+`checkpoints/` folder; the files go beside it.
 """
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -41,3 +43,13 @@ class RecordSamples(pl.Callback):
         for tensor in pl_module.state_dict().values():
             weights.update(tensor.cpu().numpy().tobytes())
         (self.directory / f"rank{trainer.global_rank}-weights.txt").write_text(weights.hexdigest())
+        self._write_metrics(trainer)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write_metrics(trainer)
+
+    def _write_metrics(self, trainer) -> None:
+        path = self.directory / f"rank{trainer.global_rank}-metrics.json"
+        metrics = json.loads(path.read_text()) if trainer.testing and path.exists() else {}
+        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+        path.write_text(json.dumps(metrics))

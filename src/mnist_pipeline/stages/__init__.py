@@ -28,6 +28,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.errors import UserError
+from mnist_pipeline.stages import launch
 
 Result = TypeVar("Result")
 # `${project_root:}` in conf/ (Hydra's output directories): outputs/ of this repository wherever
@@ -35,6 +36,17 @@ Result = TypeVar("Result")
 # Registered here, with the entry points, not in the package: an MLflow model carries the
 # package and loads without omegaconf.
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+# `${launch_time:%H-%M}` in Hydra's run directory: `now`, the same in every process of a job that
+# torchrun or SLURM started; `${rank_zero:x}`: x on that job's rank 0 (and alone), else null.
+OmegaConf.register_new_resolver(
+    "launch_time",
+    lambda pattern: launch.launch_time().strftime(pattern),
+    use_cache=True,  # as Hydra's `now`
+    replace=True,
+)
+OmegaConf.register_new_resolver(
+    "rank_zero", lambda value: value if launch.rank() == 0 else None, replace=True
+)
 
 
 # Lightning's INFO lines that no user can act on.

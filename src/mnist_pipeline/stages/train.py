@@ -140,7 +140,7 @@ def _fit_test_report(
     callbacks = build_callbacks(cfg, out)
     if mlflow is not None:
         callbacks.insert(0, EpochOfMetrics(mlflow))  # first: before LearningRateMonitor's
-        callbacks.append(RunIdInCheckpoint(lambda: mlflow.run_id))
+        callbacks.append(RunIdInCheckpoint(mlflow))
     if (trial := current_trial()) is not None:  # a trial of a search: report, maybe prune
         callbacks.append(TrialPruning(trial))
     reports = out / "reports"
@@ -183,6 +183,8 @@ def _fit_test_report(
         return summary["best_val_acc"]
     log.info("test accuracy %.4f, loss %.4f (%s)", test["test/acc"], test["test/loss"], best)
     atomic_write_json(reports / "train_metrics.json", summary)
+    if datamodule.test is None:  # ddp_spawn loaded the data in the processes it started only
+        datamodule.setup("test")
     images, labels = (tensor.cpu() for tensor in datamodule.test)
     net = model.net.cpu().eval()
     written: list[Path] = []

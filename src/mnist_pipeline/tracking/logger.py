@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -317,19 +317,34 @@ class MLflowLogger(MLFlowLogger):
             "run_id": run_id,
             "log_model": False,  # the train stage logs the best checkpoint and model itself
         }
-        if rank_zero_only.rank != 0:  # other DDP ranks log nothing: Lightning's dummy experiment
-            super().__init__(**arguments)
-            return
-        bound_http_waits(self.uri)
-        check_server(self.uri)  # an unreachable server fails the command before any work
-        arguments["tags"] = None if run_id else {**run_tags(), **(tags or {})}
         # What Lightning reads before the parent's __init__ has run in the background.
         self._tracking_uri, self._run_id, self._experiment_id = self.uri, run_id, None
         self._experiment_name, self._prefix = experiment_name, ""
         self._log_model, self._checkpoint_callback = False, None
+        if rank_zero_only.rank != 0:
+            # Other DDP ranks log nothing (Lightning's dummy experiment) and open no store: the
+            # parent's __init__ would, and ranks starting together on a new sqlite store raced
+            # to create its tables (seen with torchrun on two nodes).
+            return
+        bound_http_waits(self.uri)
+        check_server(self.uri)  # an unreachable server fails the command before any work
+        arguments["tags"] = None if run_id else {**run_tags(), **(tags or {})}
         executor = ThreadPoolExecutor(1, thread_name_prefix="mlflow-run")
         self._created = executor.submit(self._create, arguments)
         executor.shutdown(wait=False)  # its one thread ends with this one task
+
+    def __getstate__(self) -> dict[str, Any]:
+        """`ddp_spawn` pickles the trainer, loggers included, into the processes it starts: the
+        run is made first, and its future goes as its result (a future does not pickle)."""
+        client = self._created.result() if hasattr(self, "_created") else None
+        return {**self.__dict__, "_created": client} if client else self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("_created") is not None:
+            created: Future[MlflowClient] = Future()
+            created.set_result(state["_created"])
+            state["_created"] = created
+        self.__dict__.update(state)
 
     def _create(self, arguments: dict[str, Any]) -> MlflowClient:
         try:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -21,6 +20,9 @@ from mnist_pipeline.checkpoint_files import (
     read_checkpoint,
 )
 from mnist_pipeline.training.divergence import DivergedError
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import MLFlowLogger
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunIdInCheckpoint(pl.Callback):
     """Stores the MLflow run id in every checkpoint, so evaluation and resumes log into that run."""
 
-    def __init__(self, get_run_id: Callable[[], str | None]) -> None:
-        self.get_run_id = get_run_id  # asked at each save: the run may still be being created
+    def __init__(self, logger: MLFlowLogger) -> None:
+        # The logger, not a function of it: `ddp_spawn` pickles the callbacks.
+        self.logger = logger
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[RUN_ID_KEY] = self.get_run_id()
+        checkpoint[RUN_ID_KEY] = self.logger.run_id  # asked at each save: it may be in the making
 
 
 class CheckpointOnInterrupt(pl.Callback):
