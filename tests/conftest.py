@@ -308,6 +308,24 @@ def train_tiny(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empt
     return run
 
 
+def train_once(directory: Path, empty_store: Callable[[Path], str], *overrides: str) -> Path:
+    """A training as `train_tiny` runs one, for a module-scoped fixture: its own tiny data set,
+    store and outputs in `directory`; returns the output directory, `directory / "run"`."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_pipeline.stages.train import train
+
+    source = directory / "tiny_mnist"
+    with pytest.MonkeyPatch.context() as patch:
+        base = _tiny_setup(directory, (source, make_tiny_mnist(source)), patch, empty_store)
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(
+                "config", overrides=[*base, f"paths.output_dir={directory / 'run'}", *overrides]
+            )
+        train(cfg)
+    return directory / "run"
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """Factory: `cli(script, *args)`: `src/<script>.py` run as `python src/<script>.py ...` would

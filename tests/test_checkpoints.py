@@ -5,6 +5,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import train_once
 from PIL import Image, ImageDraw
 
 from mnist_pipeline.checkpoint_files import CheckpointError, load_network, read_checkpoint
@@ -30,11 +31,23 @@ def _overwrite(path: Path, offset: int, data: bytes) -> None:
         file.write(data)
 
 
-@pytest.fixture
-def trained(train_tiny, tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, empty_store) -> Path:
     """last.ckpt of a short training: weights and Adam's state."""
-    train_tiny("trainer.max_epochs=1", "report=false", "logger=none")
-    return tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run = train_once(
+        tmp_path_factory.mktemp("trained"),
+        empty_store,
+        "trainer.max_epochs=1",
+        "report=false",
+        "logger=none",
+    )
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path) -> Path:
+    """A copy of `trained_once` of the test's own, to damage."""
+    return Path(shutil.copy(trained_once, tmp_path / "last.ckpt"))
 
 
 def _damaged(trained: Path, kind: str) -> Path:

@@ -18,9 +18,7 @@ from cluster_engines import Postgres, RayCluster, missing
 from conftest import REPO, TrackingServer, make_tiny_mnist, mlflow_runs
 from optuna.trial import TrialState
 
-# One xdist worker runs them all (`--dist loadgroup`), so the module's engines start once while
-# the other workers run the rest of the suite.
-pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 QUICK = ("report=false", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=1")
 
 
