@@ -15,9 +15,9 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, _tiny_setup, make_tiny_mnist, mlflow_runs
+from conftest import REPO, _tiny_setup, make_tiny_mnist, mlflow_runs, run_table
 
-from mnist_pipeline.tracking.sweeps import BEST_RUN_TAG, CHILDREN_TABLE, GROUPS_TABLE
+from mnist_pipeline.tracking.sweeps import BEST_RUN_TAG, CHILDREN_TABLE, GROUPS_TABLE, seed_groups
 
 QUICK = ("trainer.max_epochs=2", "report=false", "logger.mlflow.log_model=false")
 GRID = ("model.hidden=8,16", "seed=1,2")
@@ -64,10 +64,24 @@ def split(runs):
     return parent, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
-def table(client, run_id, path):
-    """A table the parent logged (MLflow's `log_table` format) as a list of row dicts."""
-    data = json.loads(open(client.download_artifacts(run_id, path)).read())  # noqa: SIM115
-    return [dict(zip(data["columns"], row, strict=True)) for row in data["data"]]
+def test_seed_groups_average_the_finished_runs_over_seeds():
+    rows = [
+        {"model.hidden": hidden, "seed": seed, "best_val_acc": acc, "test_acc": acc - 0.1}
+        | {"status": status, "run_id": f"{hidden}-{seed}"}
+        for hidden, seed, acc, status in [
+            (8, 1, 0.5, "FINISHED"),
+            (8, 2, 0.7, "FINISHED"),
+            (8, 3, 0.9, "FAILED"),  # not a result: left out
+            (16, 1, 0.65, "FINISHED"),
+        ]
+    ]
+    best, single = seed_groups(rows, ["model.hidden"])
+    assert best["model.hidden"] == 16 and best["seeds"] == 1  # best mean first
+    assert (best["val_acc"], best["val_acc_std"]) == (0.65, None)  # no spread of one seed
+    assert single["run_ids"] == ["8-1", "8-2"]
+    assert single["val_acc"] == pytest.approx(0.6)
+    assert single["val_acc_std"] == pytest.approx(statistics.stdev([0.5, 0.7]))
+    assert single["test_acc"] == pytest.approx(0.5)
 
 
 @pytest.mark.slow
@@ -101,7 +115,7 @@ def test_children_have_unique_names_and_the_experiment_is_model_training(grid):
 def test_the_parent_answers_the_sweep_with_seed_groups(grid):
     client = grid.client
     parent, children = split(grid.second)
-    rows = table(client, parent.info.run_id, CHILDREN_TABLE)
+    rows = run_table(client, parent, CHILDREN_TABLE)
     by_id = {r.info.run_id: r for r in children}
     assert len(rows) == 4
     for row in rows:
@@ -115,7 +129,7 @@ def test_the_parent_answers_the_sweep_with_seed_groups(grid):
         assert row["test_acc"] == pytest.approx(child.data.metrics["test/acc"])
         assert (row["epochs"], row["status"]) == (2, "FINISHED")
 
-    groups = table(client, parent.info.run_id, GROUPS_TABLE)
+    groups = run_table(client, parent, GROUPS_TABLE)
     assert sorted(g["model.hidden"] for g in groups) == [8, 16]
     for group in groups:
         accs = [r["best_val_acc"] for r in rows if r["model.hidden"] == group["model.hidden"]]
@@ -150,7 +164,7 @@ def test_a_rerun_of_the_grid_replaces_its_rows(grid):
     assert parent.info.run_id == first_parent.info.run_id  # found again
     assert parent.info.status == "FINISHED"
     assert len(children) == 8  # every job ran again...
-    rows = table(grid.client, parent.info.run_id, CHILDREN_TABLE)
+    rows = run_table(grid.client, parent, CHILDREN_TABLE)
     rerun = {r.info.run_id for r in children} - {r.info.run_id for r in first_children}
     assert sorted(row["run_id"] for row in rows) == sorted(rerun)  # ...and its rows replaced
-    assert len(table(grid.client, parent.info.run_id, GROUPS_TABLE)) == 2
+    assert len(run_table(grid.client, parent, GROUPS_TABLE)) == 2

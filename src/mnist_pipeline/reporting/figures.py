@@ -251,8 +251,9 @@ def sweep_figure(
         where = {v: (v if numeric else i) for i, v in enumerate(values)}
         x, y = [where[r[key]] for r in points], [r["best_val_acc"] for r in points]
         ax.scatter(x, y, alpha=0.6, s=25, label="a run")
-        means = [np.mean([r["best_val_acc"] for r in points if r[key] == v]) for v in values]
-        ax.plot([where[v] for v in values], means, color="tab:gray", label="mean")
+        if len(values) < len(points):  # a grid: several runs share a value (a search: rarely)
+            means = [np.mean([r["best_val_acc"] for r in points if r[key] == v]) for v in values]
+            ax.plot([where[v] for v in values], means, color="tab:gray", label="mean at a value")
         for r in points:
             if r["run_id"] == best_run_id:
                 ax.scatter(
@@ -268,6 +269,8 @@ def sweep_figure(
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=30, ha="right")
+        elif len(values) <= 12:  # a grid's few values, not 1.2, 1.4, ... between seeds 1 and 2
+            ax.set_xticks(values, [f"{v:g}" for v in values])
         ax.set(xlabel=key, ylabel="best validation accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
