@@ -159,6 +159,8 @@ def test_pruning_stops_hopeless_trials_and_mlflow_shows_them(tiny_run, tmp_path)
         assert row["seed"] == trial.params["seed"]
         assert row["epochs"] == len(trial.intermediate_values)
     tagged = trial_of[parent.data.tags[BEST_RUN_TAG]]
+    kind = client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"  # created so: the UI opens on model training
     assert tagged.value == pytest.approx(best.value)  # the best (of several, where they tie)
     learning = [t.value for t in complete if t.params["optimizer.lr"] == 0.01]
     assert parent.data.metrics["sweep/val_acc"] == pytest.approx(statistics.mean(learning))

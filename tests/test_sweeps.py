@@ -29,9 +29,12 @@ def grid(tmp_path_factory):
     jobs (a subprocess), then again as after a crash (in this process, as `cli` runs it: no
     second start-up to pay)."""
     from hydra.core.hydra_config import HydraConfig
+    from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("grid")
     source = tmp / "tiny_mnist"
+    # The experiment as an older version of the project made it: not marked as model training.
+    MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").create_experiment("mnist")
     with pytest.MonkeyPatch.context() as monkeypatch:
         overrides = [
             *_tiny_setup(tmp, (source, make_tiny_mnist(source)), monkeypatch),
@@ -100,7 +103,7 @@ def test_parallel_jobs_share_the_sqlite_store_without_losing_anything(grid):
 
 
 @pytest.mark.slow
-def test_children_have_unique_names_and_the_experiment_is_model_training(grid):
+def test_children_have_unique_names_and_an_old_experiment_is_marked_model_training(grid):
     _, children = split(grid.first)
     names = sorted(r.info.run_name for r in children)
     assert names == ["mlp-hidden=16-seed=1", "mlp-hidden=16-seed=2"] + [

@@ -241,8 +241,7 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
         metrics += [Metric(key, value, now, 0) for key, value in winner.data.metrics.items()]
         tags = [RunTag(BEST_RUN_TAG, best["run_id"]), RunTag("sweep.best_run_name", best["run"])]
     client.log_batch(run_id, metrics=metrics, tags=tags)
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "overrides"} for r in rows])
-    replace_table(client, run_id, table, CHILDREN_TABLE)
+    replace_table(client, run_id, pd.DataFrame(rows), CHILDREN_TABLE)
     if grouped:
         replace_table(client, run_id, pd.DataFrame(groups).drop(columns="run_ids"), GROUPS_TABLE)
     with tempfile.TemporaryDirectory() as folder:
@@ -262,7 +261,7 @@ _GROUP_METRICS = ("val_acc", "val_acc_std", "test_acc", "test_acc_std")
 
 
 def _child_row(client: MlflowClient, run: Run, swept: Sequence[str]) -> dict[str, Any]:
-    """A child's row of the parent's table (`overrides`, its whole job, is the row's key)."""
+    """A child's row of the parent's table: its values of the `swept` keys and results."""
     overrides = run.data.tags.get(OVERRIDES_TAG, "")
     values = dict(o.split("=", 1) for o in overrides.split() if "=" in o)
     metrics = run.data.metrics
@@ -277,7 +276,6 @@ def _child_row(client: MlflowClient, run: Run, swept: Sequence[str]) -> dict[str
         "epochs": len(client.get_metric_history(run.info.run_id, "val/acc")),
         "status": status,
         "run_id": run.info.run_id,
-        "overrides": overrides or run.info.run_id,
     }
 
 
