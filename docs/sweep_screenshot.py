@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 
 def free_port() -> int:
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--store", required=True, help="tracking URI of the sweep's store")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--tab", default="", help="run page tab: '' (overview) or 'artifacts'")
-    parser.add_argument("--size", default="1400,1000", help="window width,height in pixels")
+    parser.add_argument("--size", default="1400,1350", help="window width,height in pixels")
     args = parser.parse_args()
 
     client = MlflowClient(args.store)
@@ -68,14 +69,27 @@ def main() -> None:
                 time.sleep(0.5)
         browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         page = f"{base}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
-        browser.get(f"{page}/{args.tab}" if args.tab else page)
-        time.sleep(8)  # the page renders in the browser after its API calls
+        # MLflow 3.17's UI takes the experiment's kind from this toggle (default GenAI).
+        browser.get(f"{page}/{args.tab}?workflowType=machine_learning")
+        deadline = time.monotonic() + 120
+        while "Best run:" not in browser.page_source:  # rendered after its API calls
+            if time.monotonic() > deadline:
+                sys.exit("error: the run page did not render")
+            time.sleep(1)
+        for close in browser.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
+            close.click()  # the MLflow Assistant panel, open on a first visit
+        for more in browser.find_elements(By.XPATH, '//*[text()="Show more"]'):
+            more.click()  # the whole description
+        time.sleep(3)
         browser.save_screenshot(str(args.out))
     finally:
         if browser is not None:
             browser.quit()
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
     # A palette keeps the PNG of a flat web page small (< 300 KB) with no visible loss.
     Image.open(args.out).convert("RGB").quantize(colors=128).save(args.out, optimize=True)
     print(f"{args.out}: {parent.info.run_name} ({args.out.stat().st_size // 1024} KB)")

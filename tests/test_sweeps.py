@@ -154,6 +154,8 @@ def test_the_parent_answers_the_sweep_with_seed_groups(grid):
     assert parent.data.tags["sweep.best_run_name"] == best.info.run_name
     for key in ("val/acc_best", "test/acc", "test/loss"):
         assert parent.data.metrics[key] == pytest.approx(best.data.metrics[key]), key
+    note = parent.data.tags["mlflow.note.content"]  # the run's description in the UI
+    assert f"Best run: `{best.info.run_name}`" in note and "| model.hidden=16 | 2 |" in note
     logged = json.loads(parent.data.tags["mlflow.loggedArtifacts"])
     assert {"path": CHILDREN_TABLE, "type": "table"} in logged
     figure = client.download_artifacts(parent.info.run_id, "sweep/swept_values.png")

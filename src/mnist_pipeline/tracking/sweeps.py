@@ -196,7 +196,8 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
     - metrics: the best child's, under their own names, and the headline `sweep/val_acc`
       (with `sweep/test_acc`): the best child's, or with seeds the best group's mean (and
       `*_std`); the best child (of the best group) is tagged `sweep.best_run_id`;
-    - the figure `sweep/swept_values.png`: each swept key against the best val acc.
+    - the figure `sweep/swept_values.png`: each swept key against the best val acc;
+    - the run's description in the UI (`mlflow.note.content`): the best run and the groups.
     Best means highest best val acc (`val/acc_best`), the objective of every sweep here.
     """
     import pandas as pd
@@ -240,6 +241,9 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
         (winner,) = [run for run in latest.values() if run.info.run_id == best["run_id"]]
         metrics += [Metric(key, value, now, 0) for key, value in winner.data.metrics.items()]
         tags = [RunTag(BEST_RUN_TAG, best["run_id"]), RunTag("sweep.best_run_name", best["run"])]
+    note = client.get_run(run_id).data.tags.get(NOTE_TAG)
+    if note is None or note.startswith(NOTE_HEAD):  # not another callback's (the activations')
+        tags.append(RunTag(NOTE_TAG, _note(rows, groups, best, swept)))
     client.log_batch(run_id, metrics=metrics, tags=tags)
     replace_table(client, run_id, pd.DataFrame(rows), CHILDREN_TABLE)
     if grouped:
@@ -258,6 +262,38 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
 
 
 _GROUP_METRICS = ("val_acc", "val_acc_std", "test_acc", "test_acc_std")
+NOTE_TAG, NOTE_HEAD = "mlflow.note.content", "**Sweep**"
+
+
+def _note(
+    rows: Sequence[dict[str, Any]],
+    groups: Sequence[dict[str, Any]],
+    best: dict[str, Any] | None,
+    swept: Sequence[str],
+) -> str:
+    """The parent run's description in the UI: the sweep's answer in a few lines."""
+    done = sum(_done(row) for row in rows)
+    lines = [f"{NOTE_HEAD} of {', '.join(swept) or 'nothing'}: {len(rows)} runs, {done} finished."]
+    if best is not None:
+        test = f", test acc {best['test_acc']:.4f}" if _number(best["test_acc"]) else ""
+        lines.append(f"Best run: `{best['run']}`, best val acc {best['best_val_acc']:.4f}{test}.")
+    if groups:
+        lines += ["", "| setting | seeds | val acc (mean ± std) | test acc (mean ± std) |"]
+        lines.append("|---|---:|---:|---:|")
+        for group in groups:
+            setting = ", ".join(f"{k}={group[k]}" for k in swept if k != "seed") or "all"
+            lines.append(
+                f"| {setting} | {group['seeds']} | {_spread(group, 'val_acc')} | "
+                f"{_spread(group, 'test_acc')} |"
+            )
+    return "\n".join(lines)
+
+
+def _spread(group: dict[str, Any], name: str) -> str:
+    mean, std = group[name], group[f"{name}_std"]
+    if not _number(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {std:.4f}" if _number(std) else f"{mean:.4f}"
 
 
 def _child_row(client: MlflowClient, run: Run, swept: Sequence[str]) -> dict[str, Any]:
