@@ -51,10 +51,13 @@ def mlflow_settings(config: DictConfig) -> DictConfig | None:
 class SweepParentRun(HydraCallback):
     """Groups a Hydra multirun's jobs under one parent MLflow run (children tag its id).
 
-    A grid sweep gets a parent run of its own. A search's parent is its study's: found again
-    by a rerun that resumes the study or by a second process sharing it (under the store's
-    lock), and at the end of each command given the study's best trial, its counts and its
-    figures (optimization history, parameter importances).
+    A grid sweep gets a parent run of its own, found again by the same grid run again into the
+    same sweep directory. A search's parent is its study's: found again by a rerun that resumes
+    the study or by a second process sharing it (under the store's lock), and at the end of
+    each command given the study's best trial, its counts and its figures (optimization
+    history, parameter importances). Either ends each command with the sweep's answer
+    (`summarise`), even a command that fails or is stopped (`end_open`). The swept keys go
+    into the sweep directory beside the parent's id: each child's name carries its values.
     """
 
     # The parent run of the multirun in progress in this process, if any (see `end_open`).
