@@ -34,7 +34,8 @@ def grid(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grid")
     source = tmp / "tiny_mnist"
     # The experiment as an older version of the project made it: not marked as model training.
-    MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}").create_experiment("mnist")
+    store = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    store.create_experiment("mnist", artifact_location=(tmp / "mlruns").as_uri())
     with pytest.MonkeyPatch.context() as monkeypatch:
         overrides = [
             *_tiny_setup(tmp, (source, make_tiny_mnist(source)), monkeypatch),
