@@ -226,6 +226,15 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], st
     return create
 
 
+def run_table(client, run, path: str) -> list[dict]:
+    """The rows of a table that `run` logged (`log_table`). Not `client.load_table`: it finds
+    the run through the global tracking URI, not the client's."""
+    import pandas as pd
+
+    local = client.download_artifacts(run.info.run_id, path)
+    return pd.read_json(local, orient="split").to_dict("records")
+
+
 def _tiny_setup(
     tmp_path: Path,
     tiny_mnist: tuple[Path, dict[str, str]],

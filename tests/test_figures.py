@@ -105,6 +105,25 @@ def test_activation_comparison(tmp_path: Path, rng: np.random.Generator) -> None
     _open_png(tmp_path / "activations.png")
 
 
+def test_sweep(tmp_path: Path, rng: np.random.Generator) -> None:
+    # A search's rows: a choice, a continuous value, a pruned and a failed trial, a key missing.
+    rows = [
+        {
+            "model.activation": str(rng.choice(["relu", "tanh"])),
+            "optimizer.lr": float(10 ** rng.uniform(-4, -2)),
+            "best_val_acc": float(rng.uniform(0.8, 1)),
+            "status": status,
+            "run_id": str(number),
+        }
+        for number, status in enumerate(["FINISHED"] * 6 + ["PRUNED", "FAILED"])
+    ]
+    del rows[0]["optimizer.lr"]
+    rows[-1]["best_val_acc"] = None
+    keys = ["model.activation", "optimizer.lr"]
+    figures.sweep_figure(rows, keys, best_run_id="3", path=tmp_path / "sweep.png")
+    _open_png(tmp_path / "sweep.png")
+
+
 def test_score_summarises_and_tables_the_digits() -> None:
     # 10 images of each digit, all right except three 7s taken for 1s.
     labels = torch.arange(10).repeat_interleave(10)

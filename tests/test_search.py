@@ -2,6 +2,7 @@
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import REPO, mlflow_runs
+from conftest import REPO, mlflow_runs, run_table
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -22,6 +23,7 @@ from mnist_pipeline.search.study import (
     load,
     progress,
 )
+from mnist_pipeline.tracking.sweeps import BEST_RUN_TAG, CHILDREN_TABLE
 
 QUICK = ("report=false", "logger.mlflow.log_model=false")
 
@@ -146,6 +148,23 @@ def test_pruning_stops_hopeless_trials_and_mlflow_shows_them(tiny_run, tmp_path)
     results = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(best.value)
 
+    # The parent's answer, as a grid's: a row per trial, seeds grouped (seed is swept here).
+    rows = run_table(client, parent, CHILDREN_TABLE)
+    trial_of = {children[t.number].info.run_id: t for t in trials}
+    assert sorted(row["run_id"] for row in rows) == sorted(trial_of)
+    for row in rows:
+        trial = trial_of[row["run_id"]]
+        assert row["status"] == ("PRUNED" if trial in pruned else "FINISHED")
+        assert row["optimizer.lr"] == pytest.approx(trial.params["optimizer.lr"])
+        assert row["seed"] == trial.params["seed"]
+        assert row["epochs"] == len(trial.intermediate_values)
+    tagged = trial_of[parent.data.tags[BEST_RUN_TAG]]
+    kind = client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"  # created so: the UI opens on model training
+    assert tagged.value == pytest.approx(best.value)  # the best (of several, where they tie)
+    learning = [t.value for t in complete if t.params["optimizer.lr"] == 0.01]
+    assert parent.data.metrics["sweep/val_acc"] == pytest.approx(statistics.mean(learning))
+
 
 @pytest.mark.slow
 def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_path):
@@ -193,7 +212,7 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_pat
     done = [tuple(sorted(t.params.items())) for t in trials if t.state != TrialState.FAIL]
     assert len(set(done)) == len(done)  # the rerun's sampler did not replay the first points
 
-    _, runs = mlflow_runs(tmp_path)
+    client, runs = mlflow_runs(tmp_path)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # found again
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -201,6 +220,8 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_pat
     assert sorted(numbers) == list(range(5))  # one run per trial, none twice
     (ghost,) = [r for r in children if int(r.data.tags["optuna.trial"]) == killed]
     assert ghost.info.status == "KILLED"  # marked by the rerun: its process was gone
+    statuses = [row["status"] for row in run_table(client, parents[0], CHILDREN_TABLE)]
+    assert sorted(statuses) == ["FINISHED"] * 4 + ["KILLED"]  # every trial once
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Every PNG of the project: evaluation plots and the "how the network sees a digit" pictures.
+"""Every PNG of the project: evaluation plots, the "how the network sees a digit" pictures and
+a sweep's summary.
 
 Figures are built with `matplotlib.figure.Figure`, never pyplot: no GUI backend, no global figure
 registry to leak into, so nothing needs closing and the PNG is rendered by Agg. Each PNG is
@@ -228,6 +229,56 @@ def activation_comparison_figure(
         _label_epoch_axes(ax, metric, prefix="validation ")
         ax.legend()
     _save(fig, path)
+
+
+def sweep_figure(
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    best_run_id: str | None,
+    path: str | Path,
+) -> None:
+    """A sweep's objective against each swept key: one panel per key, a dot per finished child
+    (`rows` of the parent's table: the key's value, `best_val_acc`, `status`, `run_id`), the
+    mean per value joined by a line, the best child a star."""
+    keys = list(keys) or ["run"]
+    fig = _figure(figsize=(min(4.2 * len(keys), 13), 3.8))
+    fig.suptitle("Best validation accuracy by swept value", fontsize=13)
+    done = [r for r in rows if r["status"] == "FINISHED" and _finite(r["best_val_acc"])]
+    for ax, key in zip(np.atleast_1d(fig.subplots(1, len(keys))), keys, strict=True):
+        points = [r for r in done if r.get(key) is not None]
+        values = sorted({r[key] for r in points}, key=lambda v: (isinstance(v, str), v))
+        numeric = all(isinstance(v, int | float) for v in values)
+        where = {v: (v if numeric else i) for i, v in enumerate(values)}
+        x, y = [where[r[key]] for r in points], [r["best_val_acc"] for r in points]
+        ax.scatter(x, y, alpha=0.6, s=25, label="a run")
+        if len(values) < len(points):  # a grid: several runs share a value (a search: rarely)
+            means = [np.mean([r["best_val_acc"] for r in points if r[key] == v]) for v in values]
+            ax.plot([where[v] for v in values], means, color="tab:gray", label="mean at a value")
+        for r in points:
+            if r["run_id"] == best_run_id:
+                ax.scatter(
+                    where[r[key]],
+                    r["best_val_acc"],
+                    marker="*",
+                    s=220,
+                    color=GUESS_COLOUR,
+                    label="best run",
+                    zorder=3,
+                )
+        if numeric and len(values) > 2 and min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=30, ha="right")
+        elif len(values) <= 12:  # a grid's few values, not 1.2, 1.4, ... between seeds 1 and 2
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.set(xlabel=key, ylabel="best validation accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _figure(figsize: tuple[float, float], layout: str | None = "constrained") -> Figure:

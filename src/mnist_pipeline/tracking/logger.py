@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+# The keys a multirun sweeps, one a line, beside PARENT_RUN_FILE: part of each child's name.
+SWEPT_KEYS_FILE = "mlflow_swept_keys"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
 # Hydra's instructions for building an object, not settings of it: never a param.
 HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_")
@@ -123,19 +126,23 @@ def dataset_inputs(name: str, splits: Mapping[str, int]) -> list[dict[str, Any]]
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment `name`, created (or restored) if needed."""
+    """The id of experiment `name`, created (or restored) if needed, marked as model training
+    (`EXPERIMENT_KIND`): the MLflow UI opens an unmarked experiment in its GenAI view."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
-    except Exception:  # another process of a parallel sweep created it first
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location(uri, name), tags=dict([EXPERIMENT_KIND])
+            )
+        except Exception:  # another process of a parallel sweep created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older version
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def _git(*args: str) -> str | None:
@@ -242,16 +249,25 @@ def run_tags() -> dict[str, str]:
 
 
 def default_run_name(model: Any) -> str:
-    """The model option and its command-line settings, e.g. `mlp-hidden=256-activation=sigmoid`;
-    the network's class when there is no option (DVC's params.yaml): `mlp`; for a trial of a
-    search, the study and trial: `mnist-mlp-trial-7`."""
+    """The model option and its command-line settings, e.g. `mlp-hidden=256-activation=sigmoid`,
+    and in a multirun every other swept override too (`mlp-hidden=16-seed=1`: no two jobs of a
+    grid share a name); the network's class when there is no option (DVC's params.yaml): `mlp`;
+    for a trial of a search, the study and trial: `mnist-mlp-trial-7`."""
     hydra = _hydra()
     if hydra is not None and hydra.sweeper.get("trial") is not None:  # a trial of a search
         return f"{hydra.sweeper.study_name}-trial-{hydra.sweeper.trial}"
     choice = hydra.runtime.choices.get("model") if hydra is not None else None
     name = choice or str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
-    overrides = hydra.overrides.task if hydra is not None else []
-    return "-".join([name, *(o.split(".", 1)[1] for o in overrides if o.startswith("model."))])
+    overrides = list(hydra.overrides.task) if hydra is not None else []
+    swept_file = Path(hydra.sweep.dir) / SWEPT_KEYS_FILE if hydra is not None else None
+    # Written by the multirun's parent run (tracking.sweeps); absent in a single run.
+    swept = swept_file.read_text().split() if swept_file and swept_file.is_file() else []
+    parts = [
+        o.removeprefix("model.")
+        for o in overrides
+        if o.startswith("model.") or (o.split("=", 1)[0] in swept and not o.startswith("model="))
+    ]
+    return "-".join([name, *parts])
 
 
 class MLflowLogger(MLFlowLogger):
