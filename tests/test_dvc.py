@@ -118,6 +118,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project)
     assert _git(project, "status", "--porcelain").splitlines() == [" M params.yaml"]
 
     _set_param(project, "model", "hidden", 16)
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "hidden 16")
     third = _dvc(project, "repro")
     assert "Running stage 'download'" not in third
     assert "Running stage 'train'" in third and "Running stage 'evaluate'" in third
@@ -126,11 +128,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_a_noop_when_nothing_changed(project)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["model"]["hidden"] == 16
     assert os.path.getsize(project / "reports" / "metrics.json") > 0
-
     # A repro of a clean checkout is tracked as clean (no output deleted before it ran).
-    _git(project, "add", "-A")
-    _git(project, "commit", "-qm", "hidden 16")
-    _dvc(project, "repro", "--force", "--single-item", "train")
     _, runs = mlflow_runs(project.parent)
     newest = max(runs, key=lambda run: run.info.start_time)
     assert newest.data.tags["git.dirty"] == "False"
