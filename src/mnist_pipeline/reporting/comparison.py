@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_bytes, atomic_write_text
 from mnist_pipeline.reporting.figures import activation_comparison_figure
-from mnist_pipeline.tracking.logger import PARENT_RUN_FILE, resolve_tracking_uri
+from mnist_pipeline.tracking.logger import NOTE_TAG, PARENT_RUN_FILE, resolve_tracking_uri
 from mnist_pipeline.tracking.sweeps import mlflow_settings
 from mnist_pipeline.training.curve import read_curve
 
@@ -185,5 +185,5 @@ class ActivationComparison(Callback):
         client.log_artifact(run_id, str(figure))
         client.log_artifact(run_id, str(figure.with_suffix(".md")))
         # The run's description in the MLflow UI: the table is readable there without a click.
-        client.set_tag(run_id, "mlflow.note.content", figure.with_suffix(".md").read_text())
+        client.set_tag(run_id, NOTE_TAG, figure.with_suffix(".md").read_text())
         log.info("activation comparison logged into MLflow parent run %s", run_id)

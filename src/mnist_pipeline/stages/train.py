@@ -30,6 +30,7 @@ from mnist_pipeline.search.trial import TrialPruning, current_trial
 from mnist_pipeline.stages.outputs import held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import (
+    NOTE_TAG,
     EpochOfMetrics,
     MLflowLogger,
     check_registry,
@@ -208,7 +209,7 @@ def _fit_test_report(
         if cfg.report:
             log_report(mlflow, metrics, reports, written)
         mlflow.log_artifact(out / CARD_FILE)
-        mlflow.set_tags({"mlflow.note.content": card_summary(card)})
+        mlflow.set_tags({NOTE_TAG: card_summary(card)})
         if mlflow.log_pyfunc:
             network = OmegaConf.to_container(cfg.model, resolve=True)
             mlflow.log_pyfunc_model(net, network, images[:5].float() / 255.0, card)

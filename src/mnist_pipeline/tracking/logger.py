@@ -38,6 +38,8 @@ PARENT_RUN_FILE = "mlflow_parent_run_id"
 SWEPT_KEYS_FILE = "mlflow_swept_keys"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
+# A run's description, shown at the top of its page in the MLflow UI (Markdown).
+NOTE_TAG = "mlflow.note.content"
 # Hydra's instructions for building an object, not settings of it: never a param.
 HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_")
 

@@ -167,7 +167,7 @@ class Outbox:
 
             log_model(self.uri, self.run_id, model, example)
         elif "table" in record:
-            client.log_table(self.run_id, _columns(record["table"]), record["file"])
+            replace_table(client, self.run_id, _columns(record["table"]), record["file"])
         elif "datasets" in record:
             from mnist_pipeline.tracking.models import log_datasets
 
@@ -260,6 +260,23 @@ class Outbox:
             atomic_write_text(self.file, "".join(json.dumps(r) + "\n" for r in [header, *records]))
         else:
             shutil.rmtree(self.folder)
+
+
+def replace_table(client: MlflowClient, run_id: str, table: Any, path: str) -> None:
+    """`client.log_table` of `table` (a DataFrame, or columns), except that a table logged
+    before is replaced: MLflow's appends to it, and a table logged again (a report of an
+    evaluation run again, a sweep's summary after a rerun) must not repeat its rows."""
+    if path not in {a.path for a in client.list_artifacts(run_id, str(Path(path).parent))}:
+        client.log_table(run_id, table, path)
+        return
+    import tempfile
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / Path(path).name
+        pd.DataFrame(table).to_json(file, orient="split", index=False)  # log_table's format
+        client.log_artifact(run_id, str(file), str(Path(path).parent))
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from mnist_pipeline import repository_root
 from mnist_pipeline.search import STATE_TAG, STORAGE_TAG, STUDY_TAG
 from mnist_pipeline.tracking.logger import (
+    NOTE_TAG,
     PARENT_RUN_FILE,
     SWEPT_KEYS_FILE,
     check_server,
@@ -27,9 +28,9 @@ from mnist_pipeline.tracking.logger import (
     resolve_tracking_uri,
     store_lock,
 )
+from mnist_pipeline.tracking.outbox import replace_table
 
 if TYPE_CHECKING:
-    import pandas as pd
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
@@ -265,7 +266,7 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
 
 
 _GROUP_METRICS = ("val_acc", "val_acc_std", "test_acc", "test_acc_std")
-NOTE_TAG, NOTE_HEAD = "mlflow.note.content", "**Sweep**"
+NOTE_HEAD = "**Sweep**"
 
 
 def _note(
@@ -337,18 +338,6 @@ def seed_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dic
         entry["run_ids"] = [r["run_id"] for r in members]
         table.append(entry)
     return sorted(table, key=lambda entry: -entry["val_acc"])
-
-
-def replace_table(client: MlflowClient, run_id: str, table: pd.DataFrame, path: str) -> None:
-    """`client.log_table`, except that a table logged before is replaced: MLflow's appends to
-    it, and a summary logged again (a rerun, a resumed study) must not repeat its rows."""
-    if path not in {a.path for a in client.list_artifacts(run_id, str(Path(path).parent))}:
-        client.log_table(run_id, table, path)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        file = Path(folder) / Path(path).name
-        table.to_json(file, orient="split", index=False)  # log_table's format
-        client.log_artifact(run_id, str(file), str(Path(path).parent))
 
 
 def _done(row: dict[str, Any]) -> bool:
