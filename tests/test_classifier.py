@@ -108,6 +108,28 @@ def test_one_step_per_batch_and_metrics_per_epoch(fit):
     assert 0.5 < second["train/acc"] <= 1 and second["train/loss"] < first["train/loss"]
 
 
+def test_epoch_metrics_weigh_every_sample_alike(fit):
+    """A last, smaller batch counts by its samples, not as a whole batch (torchmetrics'
+    MeanMetric drops `weight` with nan_strategy="disable": Lightning-AI/torchmetrics#3434)."""
+    # lr=0: the weights stay put, so the epoch's metrics are those of one network over the set.
+    model, trainer, logger, _ = fit(
+        batch_size=100, optimizer=functools.partial(torch.optim.SGD, lr=0.0), max_epochs=1
+    )
+    data = trainer.datamodule
+    data.eval_batch_size = 50  # 88 validation images: batches of 50 and 38
+    (val,) = trainer.validate(model, datamodule=data, verbose=False)
+    (logged,) = [m for m, _ in logger.logged if "train/loss" in m]  # 512 = 5 x 100 + 12
+    for (images, labels), loss, accuracy in (
+        (data.train, logged["train/loss"], logged["train/acc"]),
+        (data.val, val["val/loss"], val["val/acc"]),
+    ):
+        with torch.no_grad():
+            logits = model.net.eval()(images.float() / 255)
+        expected = torch.nn.functional.cross_entropy(logits, labels).item()
+        assert loss == pytest.approx(expected, rel=1e-5)
+        assert accuracy == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+
+
 def test_gradient_clip_val_clips_the_gradient_norm(fit):
     # One SGD step of learning rate 1: the weights move by exactly the clipped gradient.
     pl.seed_everything(0, verbose=False)

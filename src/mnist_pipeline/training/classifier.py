@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -38,13 +39,13 @@ class Classifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters({"parts": dict(parts or {})}, logger=False)
         self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
-        self.criterion = nn.CrossEntropyLoss()
         # validate_args=False: the labels are checked once, when the data is read.
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False) for _ in range(3)
         )
         # nan_strategy="disable": no NaN check, which reads the value back to the host every step
-        # (a NaN loss shows as a NaN mean all the same).
+        # (a NaN loss shows as a NaN mean all the same). It also drops `update`'s `weight`
+        # (Lightning-AI/torchmetrics#3434), so they are given one loss per sample.
         self.train_loss, self.val_loss, self.test_loss = (
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
@@ -57,10 +58,11 @@ class Classifier(pl.LightningModule):
         return self.net(pixels)
 
     def model_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mean loss, predicted classes, labels) of a batch."""
+        """(cross-entropy of each sample, predicted classes, labels) of a batch."""
         pixels, labels = batch
-        logits = self(pixels)
-        return self.criterion(logits, labels), logits.argmax(dim=-1), labels
+        logits = self.forward(pixels)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        return losses, logits.argmax(dim=-1), labels
 
     def on_train_epoch_start(self) -> None:
         # Lightning resets them after the epoch's end, but a checkpoint saved at the end holds
@@ -69,9 +71,10 @@ class Classifier(pl.LightningModule):
         self.train_acc.reset()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, preds, labels = self.model_step(batch)
+        losses, preds, labels = self.model_step(batch)
+        loss = losses.mean()
         # update(), not forward(): nothing per step is computed that the epoch does not need.
-        self.train_loss.update(loss, weight=len(labels))
+        self.train_loss.update(losses.detach())
         self.train_acc.update(preds, labels)
         # A `self.log` call costs about as much as a whole step of the MLP on a CPU (~1 ms), so
         # the step loss is logged on the steps Lightning sends to the loggers
@@ -87,9 +90,9 @@ class Classifier(pl.LightningModule):
         self.log("train/acc", self.train_acc)
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
-        loss, preds, labels = self.model_step(batch)
+        losses, preds, labels = self.model_step(batch)
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
-        mean_loss.update(loss, weight=len(labels))
+        mean_loss.update(losses)
         accuracy.update(preds, labels)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
