@@ -6,6 +6,8 @@ Measures, in interleaved rounds (a, b, c, a, b, c, ...):
   (b) the training part of an epoch of the pipeline as `mnist_pipeline.stages.train.train` runs
       it (Lightning's loop, MLflow logger on a temporary sqlite store, checkpoints, progress bar);
   (c) a typical per-sample `Dataset` + `DataLoader(shuffle=True, num_workers=0)` feeding (a)'s loop;
+  (l) a bare `LightningModule` (the same network, `F.cross_entropy`, Adam) on the data module's
+      batches in a `pl.Trainer` with no callback, logger or progress bar: Lightning's own floor;
   whole epochs as a user waits for them, (T(8 epochs) - T(1 epoch)) / 7 of a command (minimum
   over the rounds): everything an epoch costs, validation, checkpoints and logging included:
   (d) `python src/train.py` (MLflow on a temporary sqlite store) against
@@ -218,6 +220,39 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
     return now[0] - start[0], now[1] - start[1]
 
 
+class BareModule(pl.LightningModule):
+    """(l)'s module: the configured network, cross-entropy and Adam; nothing logged."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        self.net, self.lr = instantiate(cfg.model), cfg.optimizer.lr
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.net(images), labels)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def bare_epoch(cfg: DictConfig) -> tuple[float, float]:
+    """(l): the second epoch of `BareModule` on the pipeline's data module, (wall, CPU) seconds."""
+    timer = EpochTimer()
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(BareModule(cfg), datamodule=build_datamodule(cfg.data))
+    return timer.epoch
+
+
 def pipeline_epoch(cfg: DictConfig) -> tuple[tuple[float, float], tuple[float, float]]:
     """(b): `train(cfg)`; (train part, validation pass) of its last epoch, (wall, CPU) seconds.
 
@@ -275,9 +310,12 @@ def measure_epochs(
 
     for round_ in range(1, rounds + 1):
         for size in batch_sizes:
-            for variant in "abc":
+            for variant in "ablc":
                 gc.collect()
-                if variant == "b":
+                if variant == "l":
+                    with contextlib.redirect_stdout(sys.stderr):
+                        record("l", size, bare_epoch(configs[size]))
+                elif variant == "b":
                     out = workdir / f"run-{round_}-{size}"
                     cfg = pipeline_config([*overrides[size], f"paths.output_dir={_quote(out)}"])
                     train_part, val = pipeline_epoch(cfg)
@@ -426,26 +464,25 @@ def report_loop(
         "    (shown apart); it includes checkpoint saving, epoch-end metric logging (MLflow\n"
         "    writes) and the LR scheduler step\n"
         "(c) per-sample Dataset + DataLoader(shuffle=True, num_workers=0), (a)'s loop\n"
+        "(l) bare LightningModule on the data module's batches, Trainer without callbacks,\n"
+        "    logger or bar: what Lightning's loop costs by itself\n"
         "ratios: median of the per-round ratios\n"
     )
-    header = ("batch", "(a) plain", "(b) pipeline", "(b) val pass", "(c) per-sample", "b/a", "c/b")
-    print("{:>5}  {:<22}{:<22}{:<22}{:<22}{:>6} {:>6}".format(*header))
-    for size in batch_sizes:
-        cells = [_stats(times[key, size]) for key in ("a", "b", "val", "c")]
-        print(
-            f"{size:>5}  "
-            + "".join(f"{cell:<22}" for cell in cells)
-            + f"{_ratios(times, 'b', 'a', size):>6.2f} {_ratios(times, 'c', 'b', size):>6.2f}"
-        )
-    print("CPU time of this process (one thread: contention-proof), same epochs:")
-    for size in batch_sizes:
-        cells = [_stats(times[f"cpu {key}", size]) for key in ("a", "b", "val", "c")]
-        ratios = [_ratios(times, f"cpu {n}", f"cpu {d}", size) for n, d in (("b", "a"), ("c", "b"))]
-        print(
-            f"{size:>5}  "
-            + "".join(f"{cell:<22}" for cell in cells)
-            + "".join(f"{ratio:>6.2f} " for ratio in ratios)
-        )
+    columns = ("a", "b", "val", "l", "c")
+    pairs = (("b", "a"), ("l", "a"), ("c", "b"))
+    header = ("(a) plain", "(b) pipeline", "(b) val pass", "(l) bare Lightning", "(c) per-sample")
+    print(f"{'batch':>5}  " + "".join(f"{h:<22}" for h in header) + "   b/a    l/a    c/b")
+    for clock in ("", "cpu "):
+        if clock:
+            print("CPU time of this process (one thread: contention-proof), same epochs:")
+        for size in batch_sizes:
+            cells = [_stats(times[clock + key, size]) for key in columns]
+            ratios = [_ratios(times, clock + n, clock + d, size) for n, d in pairs]
+            print(
+                f"{size:>5}  "
+                + "".join(f"{cell:<22}" for cell in cells)
+                + "".join(f"{ratio:>6.2f} " for ratio in ratios)
+            )
     passed = True
     for size, bound in RATIO_TARGETS.items():
         if size not in batch_sizes:
