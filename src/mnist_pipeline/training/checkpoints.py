@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from mnist_pipeline.atomic import atomic_write_bytes
@@ -62,29 +63,28 @@ class RunIdInCheckpoint(pl.Callback):
         checkpoint[RUN_ID_KEY] = self.logger.run_id  # asked at each save: it may be in the making
 
 
-class CheckpointOnInterrupt(pl.Callback):
-    """Ctrl-C, SIGTERM or a crash during fit: save `<dirpath>/<filename>.ckpt` first, to resume.
+class LastCheckpoint(ModelCheckpoint):
+    """`<dirpath>/<filename>.ckpt` after every epoch, as a stock `ModelCheckpoint` saves it, and
+    again on Ctrl-C, SIGTERM or a crash during fit: where a resume starts.
 
-    Not Lightning's `OnExceptionCheckpoint`: with one in the callbacks, `fit(ckpt_path=None)`
-    silently becomes `fit(ckpt_path="last")`, which would resume from a `last.ckpt` that another
-    run left in the directory; it also deletes its file at teardown, and would overwrite it when
-    a test (which loads the best weights) fails.
+    Not Lightning's `save_on_exception` or `OnExceptionCheckpoint`: the first would save the
+    network being tested (the best weights, loaded for the test) or a diverged one, the second
+    silently turns `fit(ckpt_path=None)` into `fit(ckpt_path="last")`, which would resume from a
+    `last.ckpt` that another run left in the directory, and deletes its file at teardown.
     """
-
-    def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
-        self.path = Path(dirpath) / f"{filename}.ckpt"
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if not trainer.training or isinstance(exception, DivergedError):
             return  # a diverged network is not worth resuming: the last good one stays
+        path = Path(self.dirpath or ".") / f"{self.filename}{self.FILE_EXTENSION}"
         try:
             # A full checkpoint (optimizer, loops): what a resume needs.
-            trainer.save_checkpoint(self.path, weights_only=False)
+            trainer.save_checkpoint(path, weights_only=False)
         except Exception as error:
             # Out of memory or disk, saving fails in turn: the first cause is the one to tell.
-            log.warning("could not save %s on the way out: %s", self.path, error)
+            log.warning("could not save %s on the way out: %s", path, error)
 
 
 def find_last(outputs: Path) -> Path:

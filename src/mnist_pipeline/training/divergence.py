@@ -25,7 +25,7 @@ class StopOnDivergence(pl.Callback):
     """Raise `DivergedError` when the training loss is not finite, checked every
     `check_every_n_batches` batches (each check waits for the device: 1 on a CPU costs nothing,
     a GPU run may want 50). The checkpoints saved so far are kept; none of the broken network
-    is written (`CheckpointOnInterrupt` stands back)."""
+    is written (`LastCheckpoint` stands back)."""
 
     def __init__(self, check_every_n_batches: int = 1) -> None:
         if check_every_n_batches < 1:
