@@ -149,7 +149,7 @@ def train_epoch(
 def sliced_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[Batch]:
     """(a)'s batches: a fresh permutation, one gather, slices; pixels to float/255 per batch."""
     order = torch.randperm(len(labels))
-    images, labels = images[order], labels[order]
+    images, labels = images.index_select(0, order), labels[order]  # as the data module does
     for start in range(0, len(labels), batch_size):
         end = start + batch_size
         yield images[start:end].float().div_(255.0), labels[start:end]

@@ -40,7 +40,7 @@ def main() -> None:
         start = time.perf_counter()
         model.train()
         order = torch.randperm(len(train[1]))
-        x, y = train[0][order], train[1][order]
+        x, y = train[0].index_select(0, order), train[1][order]  # as the data module does
         for i in range(0, len(y), args.batch_size):
             loss = F.cross_entropy(
                 model(x[i : i + args.batch_size].float() / 255.0), y[i : i + args.batch_size]
