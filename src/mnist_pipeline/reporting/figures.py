@@ -243,7 +243,7 @@ def sweep_figure(
     keys = list(keys) or ["run"]
     fig = _figure(figsize=(min(4.2 * len(keys), 13), 3.8))
     fig.suptitle("Best validation accuracy by swept value", fontsize=13)
-    done = [r for r in rows if r["status"] == "FINISHED" and _finite(r["best_val_acc"])]
+    done = [r for r in rows if r["status"] == "FINISHED" and finite(r["best_val_acc"])]
     for ax, key in zip(np.atleast_1d(fig.subplots(1, len(keys))), keys, strict=True):
         points = [r for r in done if r.get(key) is not None]
         values = sorted({r[key] for r in points}, key=lambda v: (isinstance(v, str), v))
@@ -277,7 +277,8 @@ def sweep_figure(
     _save(fig, path)
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """Whether `value` is a number and neither NaN nor infinite (a logged metric may be)."""
     return isinstance(value, int | float) and math.isfinite(value)
 
 
