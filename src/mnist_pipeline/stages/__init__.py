@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import hydra
 from hydra.errors import (
@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.errors import UserError
+from mnist_pipeline.errors import UserError, first_line
 from mnist_pipeline.stages import launch
 
 Result = TypeVar("Result")
@@ -89,18 +89,22 @@ def one_line_errors(stage: Callable[..., Result]) -> Callable[..., Result]:
         try:
             return stage(*args, **kwargs)
         except UserError as error:
-            for line in str(error).splitlines():
-                print(f"error: {line}", file=sys.stderr)
             _remove_unused_output_dir()
-            sys.exit(2)
+            fail(str(error), 2)
         except Exception as error:
             reason = out_of_resources(error)
             if reason is None:
                 raise
-            print(f"error: {reason}", file=sys.stderr)
-            sys.exit(1)
+            fail(reason, 1)
 
     return run
+
+
+def fail(message: str, status: int) -> NoReturn:
+    """Each line of `message` as an `error:` line on stderr, then exit with `status`."""
+    for line in message.splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    sys.exit(status)
 
 
 def out_of_resources(error: BaseException) -> str | None:
@@ -114,7 +118,7 @@ def out_of_resources(error: BaseException) -> str | None:
         # As Python shows a chain: `raise ... from None` hides the context.
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     for cause in reversed(chain):
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        message = first_line(cause)
         if isinstance(cause, MemoryError) or "can't allocate memory" in message:
             size = re.search(r"allocate (\d+) bytes", message)
             failed = f"of {int(size[1]):,} bytes ({int(size[1]) / 2**30:.1f} GiB) " if size else ""
@@ -187,13 +191,10 @@ def composition_errors_exit_2(main: Callable[[], None]) -> None:
     except COMPOSITION_ERRORS as error:
         if user_wants_trace:
             raise
-        print(f"error: {_describe_composition_error(error)}", file=sys.stderr)
-        sys.exit(2)
+        fail(_describe_composition_error(error), 2)
     except UserError as error:  # refused by a sweeper or a callback, outside any job
         _end_open_sweep(error)
-        for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error), 2)
     except BaseException as error:
         _end_open_sweep(error)
         raise
