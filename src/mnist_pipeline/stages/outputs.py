@@ -37,18 +37,15 @@ def held(directory: Path) -> Iterator[Path]:
     and metrics with this one's. The system releases the lock when its holder dies (kill -9):
     the directory can then be taken over.
     """
-    lock = exclusive(directory / LOCK_FILE, timeout=0)
     try:
-        lock.acquire()
+        lock = exclusive(directory / LOCK_FILE, timeout=0).acquire()
     except Timeout:
         raise ConfigError(
             f"output directory {directory} is in use by another training; give each training "
             "its own hydra.run.dir or paths.output_dir"
         ) from None
-    try:
+    with lock:  # released on leaving
         yield directory
-    finally:
-        lock.release()
 
 
 def publish(staging: Path, target: Path) -> None:
