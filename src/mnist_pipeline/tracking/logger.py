@@ -58,12 +58,9 @@ def artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def store_lock(uri: str) -> AbstractContextManager[bool]:
-    """Exclusive use of a local sqlite store while it may be created or upgraded.
-
-    MLflow creates and migrates the schema of a new sqlite file without a lock: three trainings
-    started together on a fresh clone all crashed (`table _alembic_tmp_metrics already
-    exists`). A file lock beside the database makes them take turns; other stores pass.
-    """
+    """A lock beside a local sqlite store while it may be created or migrated: MLflow does that
+    without one, and three trainings started together on a fresh clone all crashed (`table
+    _alembic_tmp_metrics already exists`). Other stores: no lock."""
     return lock_beside(uri, ".lock")
 
 
@@ -241,13 +238,8 @@ def run_tags() -> dict[str, str]:
         marker = Path(hydra.sweep.dir) / PARENT_RUN_FILE
         if hydra.mode == RunMode.MULTIRUN and marker.is_file():
             tags["mlflow.parentRunId"] = marker.read_text().strip()
-    for variable, tag in (
-        ("DVC_EXP_NAME", "dvc.exp_name"),
-        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
-    ):
-        if os.environ.get(variable):
-            tags[tag] = os.environ[variable]
-    return tags
+    dvc = {"dvc.exp_name": "DVC_EXP_NAME", "dvc.baseline_rev": "DVC_EXP_BASELINE_REV"}
+    return tags | {tag: os.environ[name] for tag, name in dvc.items() if os.environ.get(name)}
 
 
 def default_run_name(model: Any) -> str:
