@@ -26,7 +26,7 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline import PROJECT_ROOT, hydra_config
 from mnist_pipeline.errors import UserError, first_line
 from mnist_pipeline.stages import launch
 
@@ -134,11 +134,9 @@ def _remove_unused_output_dir() -> None:
     """A refused command leaves nothing behind: its Hydra output directory goes when it holds
     nothing but Hydra's own config and log (never a directory with anything else in it, such
     as the repository root that DVC's stages run in)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
+    hydra = hydra_config()
+    if hydra is None:
         return
-    hydra = HydraConfig.get()
     out = Path(hydra.runtime.output_dir)
     own = {hydra.output_subdir, f"{hydra.job.name}.log"}
     if out.is_dir() and {path.name for path in out.iterdir()} <= own:

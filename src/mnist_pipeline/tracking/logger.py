@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from mnist_pipeline import PROJECT_ROOT, repository_root
+from mnist_pipeline import PROJECT_ROOT, hydra_config, repository_root
 from mnist_pipeline.processes import gone, lock_beside, this_process
 from mnist_pipeline.tracking.outbox import (
     UNSENT_DIR,
@@ -182,12 +182,6 @@ def selected_params(flat: Mapping[str, Any], patterns: Sequence[str] | None) -> 
     }
 
 
-def _hydra() -> Any:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
 def process_tags() -> dict[str, str]:
     """The host and pid of the process writing a run: a run left RUNNING by a process that is
     gone can be told from one still training (`mark_orphans`)."""
@@ -229,7 +223,7 @@ def run_tags() -> dict[str, str]:
         tags["git.dirty"] = str(bool(changes))
     if version := data_version():
         tags["data.version"] = version
-    hydra = _hydra()
+    hydra = hydra_config()
     if hydra is not None:
         from hydra.types import RunMode
 
@@ -247,7 +241,7 @@ def default_run_name(model: Any) -> str:
     and in a multirun every other swept override too (`mlp-hidden=16-seed=1`: no two jobs of a
     grid share a name); the network's class when there is no option (DVC's params.yaml): `mlp`;
     for a trial of a search, the study and trial: `mnist-mlp-trial-7`."""
-    hydra = _hydra()
+    hydra = hydra_config()
     if hydra is not None and hydra.sweeper.get("trial") is not None:  # a trial of a search
         return f"{hydra.sweeper.study_name}-trial-{hydra.sweeper.trial}"
     choice = hydra.runtime.choices.get("model") if hydra is not None else None
