@@ -113,17 +113,18 @@ class SweepParentRun(HydraCallback):
                 self.client, settings.get("experiment_name", "mnist"), uri
             )
             if study is not None:
-                self.run_id = self._find_study_run(*study)
+                self.run_id, name = self._find_study_run(*study), f"study-{study[0]}"
             else:
                 self.run_id = self._find_grid_run(sweep_dir / PARENT_RUN_FILE, sweep)
+                name = f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}"
             if self.run_id is None:
                 self.run_id = self.client.create_run(
                     self.experiment,
-                    run_name=f"study-{study[0]}"
-                    if study
-                    else f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}",
+                    run_name=name,
                     tags={**(_study_tags(*study) if study else {}), **sweep, **process_tags()},
                 ).info.run_id
+            else:  # found again: this process goes on with it
+                reopen(self.client, self.run_id)
         for key, value in sweep.items():  # a study's parent: the latest command's
             self.client.set_tag(self.run_id, key, value)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,7 @@ class SweepParentRun(HydraCallback):
 
     def _find_grid_run(self, marker: Path, sweep: dict[str, str]) -> str | None:
         """The parent run of the same grid run before into the same sweep directory (a rerun
-        after a crash), made RUNNING by this process; its table keeps one row per job."""
+        after a crash): its table keeps one row per job."""
         if not marker.is_file():
             return None
         from mlflow.exceptions import MlflowException
@@ -147,22 +148,17 @@ class SweepParentRun(HydraCallback):
         same = all(tags.get(key) == value for key, value in sweep.items())
         if not same or run.info.experiment_id != self.experiment or STUDY_TAG in tags:
             return None
-        reopen(self.client, run.info.run_id)
         return run.info.run_id
 
     def _find_study_run(self, name: str, location: str) -> str | None:
-        """The parent run of study `name` at `location`, made RUNNING by this process."""
+        """The parent run of study `name` at `location`."""
         tags = _study_tags(name, location)
         found = self.client.search_runs(
             [self.experiment],
             filter_string=" and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items()),
             max_results=1,
         )
-        if not found:
-            return None
-        run_id = found[0].info.run_id
-        reopen(self.client, run_id)
-        return run_id
+        return found[0].info.run_id if found else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
