@@ -143,14 +143,12 @@ class Outbox:
     def _send(self, client: MlflowClient, record: Record) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
+        # `log_batch` splits what it is given at the store's limits per request itself.
         if "params" in record:
             params = [Param(key, value) for key, value in record["params"].items()]
-            for start in range(0, len(params), 100):  # MLflow's limit per batch
-                client.log_batch(self.run_id, params=params[start : start + 100])
+            client.log_batch(self.run_id, params=params)
         elif "metrics" in record:
-            metrics = [Metric(*metric) for metric in record["metrics"]]
-            for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
-                client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+            client.log_batch(self.run_id, metrics=[Metric(*metric) for metric in record["metrics"]])
         elif "tags" in record:
             tags = [RunTag(key, value) for key, value in record["tags"].items()]
             client.log_batch(self.run_id, tags=tags)
