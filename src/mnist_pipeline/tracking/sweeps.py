@@ -390,7 +390,7 @@ def log_study(client: MlflowClient, run_id: str, name: str, location: str, n_tri
         tags.append(RunTag("best.trial", str(top.number)))
         metrics.append(Metric("best_value", top.value, int(time.time() * 1000), counts["done"]))
     client.log_batch(run_id, metrics=metrics, tags=tags)
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for figure, plot in (
             ("optimization_history.png", optuna.visualization.matplotlib.plot_optimization_history),
@@ -401,8 +401,7 @@ def log_study(client: MlflowClient, run_id: str, name: str, location: str, n_tri
             except (ValueError, RuntimeError) as error:  # e.g. importances of a single trial
                 log.info("no %s yet: %s", figure, error)
                 continue
-            path = Path(folder) / figure
-            axes.figure.savefig(path, dpi=100, bbox_inches="tight")
+            saving = {"dpi": 100, "bbox_inches": "tight"}
+            client.log_figure(run_id, axes.figure, f"study/{figure}", save_kwargs=saving)
             plt.close(axes.figure)
-            client.log_artifact(run_id, str(path), "study")
     return counts["done"] >= n_trials
