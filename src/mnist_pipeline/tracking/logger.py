@@ -242,20 +242,20 @@ def default_run_name(model: Any) -> str:
     grid share a name); the network's class when there is no option (DVC's params.yaml): `mlp`;
     for a trial of a search, the study and trial: `mnist-mlp-trial-7`."""
     hydra = hydra_config()
-    if hydra is not None and hydra.sweeper.get("trial") is not None:  # a trial of a search
+    name = str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
+    if hydra is None:
+        return name
+    if hydra.sweeper.get("trial") is not None:  # a trial of a search
         return f"{hydra.sweeper.study_name}-trial-{hydra.sweeper.trial}"
-    choice = hydra.runtime.choices.get("model") if hydra is not None else None
-    name = choice or str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
-    overrides = list(hydra.overrides.task) if hydra is not None else []
-    swept_file = Path(hydra.sweep.dir) / SWEPT_KEYS_FILE if hydra is not None else None
     # Written by the multirun's parent run (tracking.sweeps); absent in a single run.
-    swept = swept_file.read_text().split() if swept_file and swept_file.is_file() else []
+    swept_file = Path(hydra.sweep.dir) / SWEPT_KEYS_FILE
+    swept = swept_file.read_text().split() if swept_file.is_file() else []
     parts = [
         o.removeprefix("model.")
-        for o in overrides
+        for o in hydra.overrides.task
         if o.startswith("model.") or (o.split("=", 1)[0] in swept and not o.startswith("model="))
     ]
-    return "-".join([name, *parts])
+    return "-".join([hydra.runtime.choices.get("model") or name, *parts])
 
 
 class MLflowLogger(MLFlowLogger):
