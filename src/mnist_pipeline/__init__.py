@@ -3,6 +3,7 @@
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # The repository root (this file is src/mnist_pipeline/__init__.py): where relative paths in the
 # configs point, and where the default MLflow store lives.
@@ -17,6 +18,13 @@ def repository_root() -> Path:
     a store written inside the copy would be deleted with it.
     """
     return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT).resolve()
+
+
+def hydra_config() -> Any:
+    """The running Hydra job's own config (`HydraConfig`), None outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def installed(path: str | Path) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnist_pipeline.errors import UserError
+from mnist_pipeline.errors import UserError, first_line
 from mnist_pipeline.networks import UntrustedNetworkError, build_from_file
 
 RUN_ID_KEY = "mlflow_run_id"
@@ -66,8 +66,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({reason})") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({first_line(error)})") from None
     if not isinstance(checkpoint, dict) or CHECKSUM_KEY not in checkpoint:
         raise CheckpointError(f"checkpoint {path} has no checksum: not saved by this pipeline")
     if content_sha256(checkpoint) != checkpoint[CHECKSUM_KEY]:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.errors import UserError
+from mnist_pipeline.errors import UserError, first_line
 from mnist_pipeline.networks import ArgumentError
 
 # Keys of a part's config that the pipeline fills in when they are null (see `parts`).
@@ -215,8 +215,7 @@ def _built(build: Callable[[], Any], key: str) -> list[str]:
         cause = error.__cause__ or error  # Hydra wraps the class's error in its own
         if isinstance(cause, ArgumentError):
             return [f"{key}.{cause}"]
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        return [f"{key}: {message}"]
+        return [f"{key}: {first_line(cause)}"]
     return []
 
 

@@ -8,7 +8,6 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import psutil
 from filelock import FileLock, Timeout
@@ -37,11 +36,10 @@ def gone(pid: int, host: str | None = None) -> bool:
         return False
 
 
-def exclusive(lock_file: str | Path, timeout: float = -1) -> FileLock:
-    """A lock on `lock_file` (created with its folder if missing), as a context manager: processes
-    of one machine take turns; the system releases it when its holder dies. `timeout` seconds
-    (-1: forever, 0: no wait) before `Timeout` is raised."""
-    return FileLock(lock_file, timeout=timeout)
+# `exclusive(lock_file, timeout=-1)`: a lock file (created with its folder if missing) as a
+# context manager: processes of one machine take turns; the system releases it when its holder
+# dies. `timeout` seconds (-1: forever, 0: no wait) before `Timeout` is raised.
+exclusive = FileLock
 
 
 @contextmanager

@@ -2,17 +2,10 @@
 
 Written here, not hydra-optuna-sweeper: that plugin pins optuna 2.10, keeps the study in
 memory (its SQL storage fails with SQLAlchemy 2), counts `n_trials` per command and cannot
-prune. This one, on optuna >= 4:
-- keeps the study in `hydra.sweeper.storage` (default: the journal file `optuna.journal` at
-  the repository root; a database URL for a team, whose hosts share the study), keyed by
-  `study_name`;
-- treats `n_trials` as the study's total: a rerun after a crash or Ctrl-C runs only the
-  missing trials, trials left running by a dead process are failed and do not count, and
-  processes sharing the study stop together at n;
-- lets each training report its validation accuracy per epoch to the study's pruner
-  (`mnist_pipeline.search.trial`), which stops hopeless trials early.
-Hydra loads plugins only from the `hydra_plugins` package; the search itself is in
-`mnist_pipeline.search`.
+prune. This one keeps the study in `hydra.sweeper.storage` (a journal file, or a database a
+team's hosts share), counts `n_trials` as the study's total (a rerun runs only what is
+missing) and lets each training report to the study's pruner (`mnist_pipeline.search.trial`).
+Hydra loads plugins only from `hydra_plugins`; the search itself is `mnist_pipeline.search`.
 """
 
 # No `from __future__ import annotations`: Hydra loads this module without registering it in

@@ -6,7 +6,6 @@ the archives and the `.gz` bytes differ between them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import logging
@@ -20,14 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mnist_pipeline.config import UserError
-from mnist_pipeline.data.idx import decompress, parse_idx
-from mnist_pipeline.processes import gone
+from tqdm import tqdm  # Lightning's progress bars' dependency
 
-try:
-    from tqdm import tqdm
-except ImportError:  # the progress bar is a nicety, not a dependency
-    tqdm = None
+from mnist_pipeline.data.idx import decompress, parse_idx
+from mnist_pipeline.errors import UserError
+from mnist_pipeline.processes import gone
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +96,7 @@ def fetch(
 
 def _pin(paths: Mapping[str, Path], folder: Path) -> None:
     """`folder` made of the verified `paths` at once (a temp folder renamed into place)."""
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    tmp = _part(folder)
     tmp.mkdir(parents=True)
     try:
         for name, path in paths.items():
@@ -114,6 +110,12 @@ def _pin(paths: Mapping[str, Path], folder: Path) -> None:
         log.debug("%s not made: %s", folder, error)
     else:
         log.info("%s: the verified files, as data.dvc pins them", folder)
+
+
+def _part(path: Path) -> Path:
+    """A temporary name beside `path`; the pid in it tells a later fetch whether its writer is
+    still alive (`remove_stale_parts`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
 def remove_stale_parts(dest: Path) -> None:
@@ -145,8 +147,7 @@ def _fetch_file(
                 reasons.append(f"{candidate}: not found")  # directories may hold either form
                 continue
             # Temp file in dest so the final os.replace is an atomic rename on one filesystem.
-            # The pid in its name tells a later fetch whether its writer is still alive.
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+            tmp = _part(path)
             try:
                 size = _download(url, tmp, timeout, progress and sys.stderr.isatty())
                 _verify(tmp, candidate, sha256)
@@ -172,23 +173,18 @@ def _download(url: str, tmp: Path, timeout: float, progress: bool) -> int:
     size = 0
     with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "xb") as f:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with _progress_bar(total, url.rsplit("/", 1)[-1], progress) as bar:
+        desc = url.rsplit("/", 1)[-1]
+        with tqdm(
+            total=total, desc=desc, unit="B", unit_scale=True, leave=False, disable=not progress
+        ) as bar:
             while chunk := response.read(CHUNK):
                 f.write(chunk)
                 size += len(chunk)
-                if bar:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
     # http.client returns a short body without complaint when the server hangs up early.
     if total is not None and size < total:
         raise ConnectionError(f"connection closed after {size} of {total} bytes")
     return size
-
-
-def _progress_bar(total: int | None, desc: str, enabled: bool):
-    """A tqdm byte counter when wanted and available, else a context yielding None."""
-    if not enabled or tqdm is None:
-        return contextlib.nullcontext()
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
 
 
 def _verify(tmp: Path, candidate: str, sha256: str) -> None:

@@ -7,7 +7,6 @@ one big-endian uint32 per dimension, then the data in C order. Only the unsigned
 
 from __future__ import annotations
 
-import errno
 import gzip
 import zlib
 from pathlib import Path
@@ -73,11 +72,7 @@ def parse_idx(content: bytes, source: str | Path, ndim: int | None = None) -> np
 
 def read_idx(path: str | Path, ndim: int | None = None) -> torch.Tensor:
     """Read a plain or gzipped IDX file into a uint8 tensor of the shape its header gives."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "IDX file not found", str(path)) from None
+    raw = Path(path).read_bytes()
     # frombuffer views immutable bytes; copy so callers get an ordinary writable tensor.
     return torch.from_numpy(parse_idx(decompress(raw, path), path, ndim).copy())
 

@@ -11,8 +11,8 @@ is wrong; the config check reports it as `model.<argument>` before any data is l
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,18 +110,17 @@ def _check_network_class(target: Any, key: str, source: str | Path) -> None:
     module of this repository (a user's network in `src/`). Importing any other installed
     module would run its top-level code on the file's say-so."""
     refused = f"{source}: {key}={target!r}"
-    if (
-        not isinstance(target, str)
-        or not target
-        or not all(part.isidentifier() for part in target.split("."))
-    ):
+    if not isinstance(target, str) or not all(part.isidentifier() for part in target.split(".")):
         raise UntrustedNetworkError(f"{refused} is not a class path")
     if not _importable_safely(target.split(".")[0]):
         raise UntrustedNetworkError(
             f"{refused}: module {target.split('.')[0]!r} is neither loaded nor part of this "
             "project; refusing to import it"
         )
-    found = _locate(target)
+    try:
+        found = pkgutil.resolve_name(target)  # imports its modules as needed
+    except (ImportError, AttributeError):
+        found = None
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
         what = "not found" if found is None else f"a {type(found).__name__}"
         raise UntrustedNetworkError(f"{refused} is {what}, not a torch.nn.Module subclass")
@@ -142,20 +141,6 @@ def _importable_safely(top: str) -> bool:
     return bool(places) and all(
         Path(place).resolve().is_relative_to(root) and not installed(place) for place in places
     )
-
-
-def _locate(path: str) -> Any:
-    """The object at dotted `path` (modules imported as needed), or None."""
-    parts = path.split(".")
-    for split in range(len(parts), 0, -1):
-        try:
-            found = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        for name in parts[split:]:
-            found = getattr(found, name, None)
-        return found
-    return None
 
 
 def first_dense_layer(net: nn.Module) -> tuple[nn.Linear, nn.Module | None] | None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.atomic import atomic_write_bytes, atomic_write_text
+from mnist_pipeline.config import resolve_path
 from mnist_pipeline.reporting.figures import activation_comparison_figure
 from mnist_pipeline.tracking.logger import NOTE_TAG, PARENT_RUN_FILE, resolve_tracking_uri
 from mnist_pipeline.tracking.sweeps import mlflow_settings
@@ -161,8 +162,7 @@ class ActivationComparison(Callback):
         atomic_write_text(figure.with_suffix(".md"), table)
         written = [figure]
         if self.output:
-            copy = Path(self.output).expanduser()
-            copy = copy if copy.is_absolute() else PROJECT_ROOT / copy
+            copy = resolve_path(PROJECT_ROOT, self.output)
             atomic_write_bytes(copy, figure.read_bytes())
             atomic_write_text(copy.with_suffix(".md"), table)
             written.append(copy)
@@ -178,10 +178,8 @@ class ActivationComparison(Callback):
             return
         from mlflow import MlflowClient
 
-        client, run_id = (
-            MlflowClient(resolve_tracking_uri(settings.get("tracking_uri"))),
-            marker.read_text().strip(),
-        )
+        client = MlflowClient(resolve_tracking_uri(settings.get("tracking_uri")))
+        run_id = marker.read_text().strip()
         client.log_artifact(run_id, str(figure))
         client.log_artifact(run_id, str(figure.with_suffix(".md")))
         # The run's description in the MLflow UI: the table is readable there without a click.

@@ -17,11 +17,7 @@ from torchmetrics.functional.classification import (
 )
 
 from mnist_pipeline.atomic import atomic_write_json
-from mnist_pipeline.networks import (
-    NUM_CLASSES,
-    first_dense_layer,
-    hidden_and_logits,
-)
+from mnist_pipeline.networks import NUM_CLASSES, first_dense_layer, hidden_and_logits
 from mnist_pipeline.reporting import figures
 from mnist_pipeline.training.curve import read_curve
 
@@ -134,7 +130,8 @@ def write_report(
         layer, activation = dense
         written.append(pictures / "first_layer_weights.png")
         figures.first_layer_weights_figure(layer.weight, written[-1])
-        sample = _one_per_class(labels, WALKTHROUGH_DIGITS)
+        # The first test image of each of the first WALKTHROUGH_DIGITS digits.
+        sample = torch.stack([(labels == d).nonzero()[0, 0] for d in range(WALKTHROUGH_DIGITS)])
         pixels = images[sample] / 255.0
         hidden, logits = hidden_and_logits(net, activation or layer, pixels)
         written.append(pictures / "digit_walkthrough.png")
@@ -147,11 +144,6 @@ def write_report(
         figures.training_curves_figure(curve, written[-1])
     log.info("report of %d test images in %s", len(labels), reports)
     return metrics, written
-
-
-def _one_per_class(labels: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the first test image of each of the first `count` digits."""
-    return torch.stack([(labels == digit).nonzero()[0, 0] for digit in range(count)])
 
 
 def log_report(logger: Any, metrics: dict[str, Any], reports: Path, written: list[Path]) -> None:

@@ -173,21 +173,18 @@ def digit_walkthrough_figure(
         colours = [GUESS_COLOUR if d == guess else OTHER_COLOUR for d in digits]
         pixels = images[row] / 255.0 if images[row].max() > 1 else images[row]
         ax_image.imshow(pixels, cmap="gray_r", vmin=0, vmax=1)
-        ax_image.set_xticks([])
-        ax_image.set_yticks([])
+        ax_image.set(xticks=[], yticks=[])
         ax_image.set_ylabel(f"label {labels[row]:g}", fontsize=11)
 
         ax_hidden.bar(np.arange(hidden.shape[1]), hidden[row], width=1.0, color="tab:green")
-        ax_hidden.set_xlim(-0.5, hidden.shape[1] - 0.5)
-        ax_hidden.set_ylabel("activation")
+        ax_hidden.set(xlim=(-0.5, hidden.shape[1] - 0.5), ylabel="activation")
 
         ax_logits.bar(digits, logits[row], color=colours)
         ax_logits.axhline(0, color="black", linewidth=0.8)
-        ax_logits.set_ylabel("logit")
+        ax_logits.set(xticks=digits, ylabel="logit")
 
         ax_probs.bar(digits, probabilities[row], color=colours)
-        ax_probs.set_ylim(0, 1.15)
-        ax_probs.set_ylabel("probability")
+        ax_probs.set(xticks=digits, ylim=(0, 1.15), ylabel="probability")
         ax_probs.text(
             guess,
             probabilities[row, guess] + 0.03,
@@ -196,8 +193,6 @@ def digit_walkthrough_figure(
             va="bottom",
             fontsize=8,
         )
-        for ax in (ax_logits, ax_probs):
-            ax.set_xticks(digits)
         ax_probs.set_title(
             f"guess {guess}, sum = {probabilities[row].sum():.2f}", fontsize=9, loc="right"
         )
@@ -243,7 +238,7 @@ def sweep_figure(
     keys = list(keys) or ["run"]
     fig = _figure(figsize=(min(4.2 * len(keys), 13), 3.8))
     fig.suptitle("Best validation accuracy by swept value", fontsize=13)
-    done = [r for r in rows if r["status"] == "FINISHED" and _finite(r["best_val_acc"])]
+    done = [r for r in rows if r["status"] == "FINISHED" and finite(r["best_val_acc"])]
     for ax, key in zip(np.atleast_1d(fig.subplots(1, len(keys))), keys, strict=True):
         points = [r for r in done if r.get(key) is not None]
         values = sorted({r[key] for r in points}, key=lambda v: (isinstance(v, str), v))
@@ -277,7 +272,8 @@ def sweep_figure(
     _save(fig, path)
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """Whether `value` is a number and neither NaN nor infinite (a logged metric may be)."""
     return isinstance(value, int | float) and math.isfinite(value)
 
 

@@ -21,6 +21,7 @@ from optuna.distributions import (
 )
 
 from mnist_pipeline.config import ConfigError
+from mnist_pipeline.errors import first_line
 
 
 def checked_search(
@@ -62,28 +63,23 @@ def search_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], dic
 def distribution(override: Override) -> BaseDistribution:
     """The Optuna distribution of one sweeping override (choice, range, interval); a
     `ConfigError` naming it for a space with nothing in it (`range(5,5)`, `interval(1,0)`)."""
-    try:
-        return _distribution(override)
-    except ValueError as error:  # Optuna's own check: `low <= high` must hold, ...
-        raise ConfigError(
-            f"{override.input_line}: an empty search space "
-            f"({str(error).splitlines()[0].rstrip('.')}); expected a non-empty choice, range or "
-            "interval"
-        ) from None
-
-
-def _distribution(override: Override) -> BaseDistribution:
     value = override.value()
     integers = override.is_range_sweep() and not value.shuffle
     integers = integers and all(isinstance(n, int) for n in (value.start, value.stop, value.step))
-    if integers:  # range(start, stop, step): stop excluded, as in Python and Hydra's grid
-        last = value.start + value.step * ((value.stop - value.start - 1) // value.step)
-        return IntDistribution(value.start, last, step=value.step)
-    if override.is_choice_sweep() or override.is_range_sweep():  # the values Hydra lists
-        choices: list[Any] = list(override.sweep_iterator(transformer=Transformer.encode))
-        return CategoricalDistribution(choices)
-    if override.is_interval_sweep():  # Hydra makes both ends floats; integers: range(...)
-        return FloatDistribution(value.start, value.end, log="log" in value.tags)
+    try:
+        if integers:  # range(start, stop, step): stop excluded, as in Python and Hydra's grid
+            last = value.start + value.step * ((value.stop - value.start - 1) // value.step)
+            return IntDistribution(value.start, last, step=value.step)
+        if override.is_choice_sweep() or override.is_range_sweep():  # the values Hydra lists
+            choices: list[Any] = list(override.sweep_iterator(transformer=Transformer.encode))
+            return CategoricalDistribution(choices)
+        if override.is_interval_sweep():  # Hydra makes both ends floats; integers: range(...)
+            return FloatDistribution(value.start, value.end, log="log" in value.tags)
+    except ValueError as error:  # Optuna's own check: `low <= high` must hold, ...
+        raise ConfigError(
+            f"{override.input_line}: an empty search space ({first_line(error).rstrip('.')}); "
+            "expected a non-empty choice, range or interval"
+        ) from None
     raise ConfigError(
         f"hydra.sweeper.params.{override.get_key_element()}: {override.input_line} is not a "
         "search space; expected choice(...), range(...) or interval(...)"

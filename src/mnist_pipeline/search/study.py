@@ -56,6 +56,7 @@ MAX_RETRIES = 1
 # the sweeper asks and tells (its trials run in a launcher's jobs) and beats for them (`beating`).
 warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO line per trial: ours say it
 
 
 def storage_location(storage: str | None, root: Path) -> str:
@@ -276,7 +277,6 @@ def was_pruned(study: optuna.Study, number: int) -> bool:
 
 def trial_of(name: str, location: str, number: int, pruner: BasePruner) -> Trial:
     """Trial `number` of study `name`, for the training that runs it to report to."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(location)
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     study_id = storage.get_study_id_from_name(name)
@@ -302,6 +302,5 @@ def load(
 ) -> optuna.Study:
     """Study `name` at `location`, created if new (`settings`: sampler, pruner, direction;
     the heartbeat: see `open_storage`)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO line per trial: ours say it
     storage = open_storage(location, heartbeat_interval, grace_period)
     return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, **settings)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 
-from mnist_pipeline import repository_root
+from mnist_pipeline import hydra_config, repository_root
 from mnist_pipeline.search import STATE_TAG, STUDY_TAG, TRIAL_TAG
 
 if TYPE_CHECKING:  # optuna is imported by trials only: every other training is spared it
@@ -33,12 +33,8 @@ def make_pruner(config: Any) -> BasePruner:
 
 def sweeper_settings() -> Any:
     """`hydra.sweeper` of this job when it is a trial of a search, else None."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    sweeper = HydraConfig.get().sweeper
-    return sweeper if sweeper.get("trial") is not None else None
+    hydra = hydra_config()
+    return hydra.sweeper if hydra is not None and hydra.sweeper.get("trial") is not None else None
 
 
 def current_trial() -> Trial | None:

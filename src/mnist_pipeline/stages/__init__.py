@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import hydra
 from hydra.errors import (
@@ -26,8 +26,8 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.errors import UserError
+from mnist_pipeline import PROJECT_ROOT, hydra_config
+from mnist_pipeline.errors import UserError, first_line
 from mnist_pipeline.stages import launch
 
 Result = TypeVar("Result")
@@ -89,18 +89,22 @@ def one_line_errors(stage: Callable[..., Result]) -> Callable[..., Result]:
         try:
             return stage(*args, **kwargs)
         except UserError as error:
-            for line in str(error).splitlines():
-                print(f"error: {line}", file=sys.stderr)
             _remove_unused_output_dir()
-            sys.exit(2)
+            fail(str(error), 2)
         except Exception as error:
             reason = out_of_resources(error)
             if reason is None:
                 raise
-            print(f"error: {reason}", file=sys.stderr)
-            sys.exit(1)
+            fail(reason, 1)
 
     return run
+
+
+def fail(message: str, status: int) -> NoReturn:
+    """Each line of `message` as an `error:` line on stderr, then exit with `status`."""
+    for line in message.splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    sys.exit(status)
 
 
 def out_of_resources(error: BaseException) -> str | None:
@@ -114,7 +118,7 @@ def out_of_resources(error: BaseException) -> str | None:
         # As Python shows a chain: `raise ... from None` hides the context.
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     for cause in reversed(chain):
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        message = first_line(cause)
         if isinstance(cause, MemoryError) or "can't allocate memory" in message:
             size = re.search(r"allocate (\d+) bytes", message)
             failed = f"of {int(size[1]):,} bytes ({int(size[1]) / 2**30:.1f} GiB) " if size else ""
@@ -130,11 +134,9 @@ def _remove_unused_output_dir() -> None:
     """A refused command leaves nothing behind: its Hydra output directory goes when it holds
     nothing but Hydra's own config and log (never a directory with anything else in it, such
     as the repository root that DVC's stages run in)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
+    hydra = hydra_config()
+    if hydra is None:
         return
-    hydra = HydraConfig.get()
     out = Path(hydra.runtime.output_dir)
     own = {hydra.output_subdir, f"{hydra.job.name}.log"}
     if out.is_dir() and {path.name for path in out.iterdir()} <= own:
@@ -187,13 +189,10 @@ def composition_errors_exit_2(main: Callable[[], None]) -> None:
     except COMPOSITION_ERRORS as error:
         if user_wants_trace:
             raise
-        print(f"error: {_describe_composition_error(error)}", file=sys.stderr)
-        sys.exit(2)
+        fail(_describe_composition_error(error), 2)
     except UserError as error:  # refused by a sweeper or a callback, outside any job
         _end_open_sweep(error)
-        for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error), 2)
     except BaseException as error:
         _end_open_sweep(error)
         raise

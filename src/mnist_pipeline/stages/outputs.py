@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mnist_pipeline import PROJECT_ROOT
+from mnist_pipeline import PROJECT_ROOT, hydra_config
 from mnist_pipeline.config import ConfigError, resolve_path
 from mnist_pipeline.processes import Timeout, exclusive
 
@@ -21,11 +21,8 @@ def output_dir(cfg: DictConfig) -> Path:
     """`paths.output_dir`, or the Hydra run directory, or (outside Hydra) the working directory."""
     if cfg.paths.output_dir:
         return resolve_path(PROJECT_ROOT, cfg.paths.output_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path.cwd()
+    hydra = hydra_config()
+    return Path(hydra.runtime.output_dir) if hydra is not None else Path.cwd()
 
 
 @contextmanager
@@ -37,18 +34,15 @@ def held(directory: Path) -> Iterator[Path]:
     and metrics with this one's. The system releases the lock when its holder dies (kill -9):
     the directory can then be taken over.
     """
-    lock = exclusive(directory / LOCK_FILE, timeout=0)
     try:
-        lock.acquire()
+        lock = exclusive(directory / LOCK_FILE, timeout=0).acquire()
     except Timeout:
         raise ConfigError(
             f"output directory {directory} is in use by another training; give each training "
             "its own hydra.run.dir or paths.output_dir"
         ) from None
-    try:
+    with lock:  # released on leaving
         yield directory
-    finally:
-        lock.release()
 
 
 def publish(staging: Path, target: Path) -> None:

@@ -18,7 +18,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from mnist_pipeline import PROJECT_ROOT, repository_root
+from mnist_pipeline import PROJECT_ROOT, hydra_config, repository_root
 from mnist_pipeline.processes import gone, lock_beside, this_process
 from mnist_pipeline.tracking.outbox import (
     UNSENT_DIR,
@@ -58,12 +58,9 @@ def artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def store_lock(uri: str) -> AbstractContextManager[bool]:
-    """Exclusive use of a local sqlite store while it may be created or upgraded.
-
-    MLflow creates and migrates the schema of a new sqlite file without a lock: three trainings
-    started together on a fresh clone all crashed (`table _alembic_tmp_metrics already
-    exists`). A file lock beside the database makes them take turns; other stores pass.
-    """
+    """A lock beside a local sqlite store while it may be created or migrated: MLflow does that
+    without one, and three trainings started together on a fresh clone all crashed (`table
+    _alembic_tmp_metrics already exists`). Other stores: no lock."""
     return lock_beside(uri, ".lock")
 
 
@@ -185,12 +182,6 @@ def selected_params(flat: Mapping[str, Any], patterns: Sequence[str] | None) -> 
     }
 
 
-def _hydra() -> Any:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
 def process_tags() -> dict[str, str]:
     """The host and pid of the process writing a run: a run left RUNNING by a process that is
     gone can be told from one still training (`mark_orphans`)."""
@@ -232,7 +223,7 @@ def run_tags() -> dict[str, str]:
         tags["git.dirty"] = str(bool(changes))
     if version := data_version():
         tags["data.version"] = version
-    hydra = _hydra()
+    hydra = hydra_config()
     if hydra is not None:
         from hydra.types import RunMode
 
@@ -241,13 +232,8 @@ def run_tags() -> dict[str, str]:
         marker = Path(hydra.sweep.dir) / PARENT_RUN_FILE
         if hydra.mode == RunMode.MULTIRUN and marker.is_file():
             tags["mlflow.parentRunId"] = marker.read_text().strip()
-    for variable, tag in (
-        ("DVC_EXP_NAME", "dvc.exp_name"),
-        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
-    ):
-        if os.environ.get(variable):
-            tags[tag] = os.environ[variable]
-    return tags
+    dvc = {"dvc.exp_name": "DVC_EXP_NAME", "dvc.baseline_rev": "DVC_EXP_BASELINE_REV"}
+    return tags | {tag: os.environ[name] for tag, name in dvc.items() if os.environ.get(name)}
 
 
 def default_run_name(model: Any) -> str:
@@ -255,21 +241,21 @@ def default_run_name(model: Any) -> str:
     and in a multirun every other swept override too (`mlp-hidden=16-seed=1`: no two jobs of a
     grid share a name); the network's class when there is no option (DVC's params.yaml): `mlp`;
     for a trial of a search, the study and trial: `mnist-mlp-trial-7`."""
-    hydra = _hydra()
-    if hydra is not None and hydra.sweeper.get("trial") is not None:  # a trial of a search
+    hydra = hydra_config()
+    name = str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
+    if hydra is None:
+        return name
+    if hydra.sweeper.get("trial") is not None:  # a trial of a search
         return f"{hydra.sweeper.study_name}-trial-{hydra.sweeper.trial}"
-    choice = hydra.runtime.choices.get("model") if hydra is not None else None
-    name = choice or str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
-    overrides = list(hydra.overrides.task) if hydra is not None else []
-    swept_file = Path(hydra.sweep.dir) / SWEPT_KEYS_FILE if hydra is not None else None
     # Written by the multirun's parent run (tracking.sweeps); absent in a single run.
-    swept = swept_file.read_text().split() if swept_file and swept_file.is_file() else []
+    swept_file = Path(hydra.sweep.dir) / SWEPT_KEYS_FILE
+    swept = swept_file.read_text().split() if swept_file.is_file() else []
     parts = [
         o.removeprefix("model.")
-        for o in overrides
+        for o in hydra.overrides.task
         if o.startswith("model.") or (o.split("=", 1)[0] in swept and not o.startswith("model="))
     ]
-    return "-".join([name, *parts])
+    return "-".join([hydra.runtime.choices.get("model") or name, *parts])
 
 
 class MLflowLogger(MLFlowLogger):

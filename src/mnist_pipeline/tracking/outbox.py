@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.atomic import atomic_write_text
-from mnist_pipeline.config import UserError
+from mnist_pipeline.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -115,7 +115,7 @@ class Outbox:
             "MLflow store %s is out of reach (%s): training goes on without it; what run %s "
             "is not sent is kept in %s",
             self.uri,
-            str(error).splitlines()[0][:300],
+            first_line(error)[:300],
             self.run_id,
             self.file,
         )
@@ -143,14 +143,12 @@ class Outbox:
     def _send(self, client: MlflowClient, record: Record) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
+        # `log_batch` splits what it is given at the store's limits per request itself.
         if "params" in record:
             params = [Param(key, value) for key, value in record["params"].items()]
-            for start in range(0, len(params), 100):  # MLflow's limit per batch
-                client.log_batch(self.run_id, params=params[start : start + 100])
+            client.log_batch(self.run_id, params=params)
         elif "metrics" in record:
-            metrics = [Metric(*metric) for metric in record["metrics"]]
-            for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
-                client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+            client.log_batch(self.run_id, metrics=[Metric(*metric) for metric in record["metrics"]])
         elif "tags" in record:
             tags = [RunTag(key, value) for key, value in record["tags"].items()]
             client.log_batch(self.run_id, tags=tags)
@@ -167,7 +165,7 @@ class Outbox:
 
             log_model(self.uri, self.run_id, model, example)
         elif "table" in record:
-            replace_table(client, self.run_id, _columns(record["table"]), record["file"])
+            replace_table(client, self.run_id, record["table"], record["file"])
         elif "datasets" in record:
             from mnist_pipeline.tracking.models import log_datasets
 
@@ -206,7 +204,7 @@ class Outbox:
         fresh = not self.file.exists()
         with open(self.file, "a", encoding="utf-8") as file:
             if fresh:
-                file.write(json.dumps({"tracking_uri": self.uri, "run_id": self.run_id}) + "\n")
+                file.write(json.dumps(self._header()) + "\n")
             file.write(json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())
@@ -251,37 +249,38 @@ class Outbox:
         except UntrustedNetworkError as error:
             raise UserError(str(error)) from None
         except Exception as error:  # unreadable, not a dict, weights of another network
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            reason = first_line(error)
             raise UserError(f"{path}: not a model kept by this pipeline ({reason})") from None
+
+    def _header(self) -> Record:
+        """The first line of the file: the store and run its records belong to."""
+        return {"tracking_uri": self.uri, "run_id": self.run_id}
 
     def _rewrite(self, records: list[Record]) -> None:
         if records:
-            header = {"tracking_uri": self.uri, "run_id": self.run_id}
-            atomic_write_text(self.file, "".join(json.dumps(r) + "\n" for r in [header, *records]))
+            lines = [self._header(), *records]
+            atomic_write_text(self.file, "".join(json.dumps(r) + "\n" for r in lines))
         else:
             shutil.rmtree(self.folder)
 
 
 def replace_table(client: MlflowClient, run_id: str, table: Any, path: str) -> None:
-    """`client.log_table` of `table` (a DataFrame, or columns), except that a table logged
-    before is replaced: MLflow's appends to it, and a table logged again (a report of an
-    evaluation run again, a sweep's summary after a rerun) must not repeat its rows."""
-    if path not in {a.path for a in client.list_artifacts(run_id, str(Path(path).parent))}:
-        client.log_table(run_id, table, path)
-        return
+    """`client.log_table` of `table` (a DataFrame, or rows: dicts with the same keys), except
+    that a table logged before is replaced: MLflow's appends to it, and a table logged again (a
+    report of an evaluation run again, a sweep's summary after a rerun) must not repeat its
+    rows."""
     import tempfile
 
     import pandas as pd
 
+    table = pd.DataFrame(table)
+    if path not in {a.path for a in client.list_artifacts(run_id, str(Path(path).parent))}:
+        client.log_table(run_id, table, path)
+        return
     with tempfile.TemporaryDirectory() as folder:
         file = Path(folder) / Path(path).name
-        pd.DataFrame(table).to_json(file, orient="split", index=False)  # log_table's format
+        table.to_json(file, orient="split", index=False)  # log_table's format
         client.log_artifact(run_id, str(file), str(Path(path).parent))
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Rows (dicts with the same keys) as the columns `log_table` takes without pandas."""
-    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
 def open_kept(folder: Path, tracking_uri: str | None = None) -> Outbox:
@@ -306,10 +305,9 @@ def sync(folder: Path, tracking_uri: str | None = None) -> tuple[int, Outbox]:
     except Exception as error:
         if not out_of_reach(error):
             raise
-        reason = str(error).splitlines()[0][:300]
         raise TrackingError(
-            f"MLflow store {outbox.uri} is still out of reach ({reason}); the records of run "
-            f"{outbox.run_id} stay in {outbox.file}"
+            f"MLflow store {outbox.uri} is still out of reach ({first_line(error)[:300]}); the "
+            f"records of run {outbox.run_id} stay in {outbox.file}"
         ) from None
 
 

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
 from mnist_pipeline import repository_root
+from mnist_pipeline.reporting.figures import finite
 from mnist_pipeline.search import STATE_TAG, STORAGE_TAG, STUDY_TAG
 from mnist_pipeline.tracking.logger import (
     NOTE_TAG,
@@ -77,15 +78,11 @@ class SweepParentRun(HydraCallback):
         parent, cls._open = cls._open, None
         if parent is not None and parent.run_id is not None:
             try:
-                parent.summarise()
+                summarise(parent.client, parent.experiment, parent.run_id, parent.swept)
             except Exception as error:  # the error that stopped the sweep is the one to see
                 log.warning("no summary in MLflow parent run %s: %s", parent.run_id, error)
             parent.client.set_terminated(parent.run_id, status)
             log.info("MLflow parent run %s: %s", parent.run_id, status)
-
-    def summarise(self) -> None:
-        """The sweep's answer into its parent run (`summarise`)."""
-        summarise(self.client, self.experiment, self.run_id, self.swept)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         settings = mlflow_settings(config)
@@ -116,15 +113,18 @@ class SweepParentRun(HydraCallback):
                 self.client, settings.get("experiment_name", "mnist"), uri
             )
             if study is not None:
-                self.run_id = self._find_study_run(*study)
+                self.run_id, name = self._find_study_run(*study), f"study-{study[0]}"
             else:
                 self.run_id = self._find_grid_run(sweep_dir / PARENT_RUN_FILE, sweep)
+                name = f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}"
             if self.run_id is None:
                 self.run_id = self.client.create_run(
                     self.experiment,
-                    run_name=f"study-{study[0]}" if study else _grid_name(sweep_dir),
+                    run_name=name,
                     tags={**(_study_tags(*study) if study else {}), **sweep, **process_tags()},
                 ).info.run_id
+            else:  # found again: this process goes on with it
+                reopen(self.client, self.run_id)
         for key, value in sweep.items():  # a study's parent: the latest command's
             self.client.set_tag(self.run_id, key, value)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ class SweepParentRun(HydraCallback):
 
     def _find_grid_run(self, marker: Path, sweep: dict[str, str]) -> str | None:
         """The parent run of the same grid run before into the same sweep directory (a rerun
-        after a crash), made RUNNING by this process; its table keeps one row per job."""
+        after a crash): its table keeps one row per job."""
         if not marker.is_file():
             return None
         from mlflow.exceptions import MlflowException
@@ -148,22 +148,17 @@ class SweepParentRun(HydraCallback):
         same = all(tags.get(key) == value for key, value in sweep.items())
         if not same or run.info.experiment_id != self.experiment or STUDY_TAG in tags:
             return None
-        reopen(self.client, run.info.run_id)
         return run.info.run_id
 
     def _find_study_run(self, name: str, location: str) -> str | None:
-        """The parent run of study `name` at `location`, made RUNNING by this process."""
+        """The parent run of study `name` at `location`."""
         tags = _study_tags(name, location)
         found = self.client.search_runs(
             [self.experiment],
             filter_string=" and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items()),
             max_results=1,
         )
-        if not found:
-            return None
-        run_id = found[0].info.run_id
-        reopen(self.client, run_id)
-        return run_id
+        return found[0].info.run_id if found else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id is None:
@@ -172,7 +167,8 @@ class SweepParentRun(HydraCallback):
         finished = True
         if study is not None:
             finished = log_study(self.client, self.run_id, *study, config.hydra.sweeper.n_trials)
-        self.summarise()  # if it fails, `end_open` ends the run FAILED
+        # If it fails, `end_open` ends the run FAILED.
+        summarise(self.client, self.experiment, self.run_id, self.swept)
         SweepParentRun._open = None
         if finished:  # else another process still runs trials of the study: it ends the run
             self.client.set_terminated(self.run_id, "FINISHED")
@@ -204,7 +200,6 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
     - the run's description in the UI (`mlflow.note.content`): the best run and the groups.
     Best means highest best val acc (`val/acc_best`), the objective of every sweep here.
     """
-    import pandas as pd
     from mlflow.entities import Metric, RunTag
 
     from mnist_pipeline.reporting.figures import sweep_figure
@@ -228,14 +223,13 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
     grouped = "seed" in swept
     groups = seed_groups(rows, [key for key in swept if key != "seed"]) if grouped else []
     if grouped and groups:
-        top = groups[0]
-        members = [r for r in rows if r["run_id"] in top["run_ids"]]
-        best = next((r for r in members if _done(r)), None)
-        headline = {f"sweep/{name}": top[name] for name in _GROUP_METRICS if _number(top[name])}
+        top = groups[0]  # of finished rows only, and `rows` go best first
+        best = next(r for r in rows if r["run_id"] in top["run_ids"])
+        headline = {f"sweep/{name}": top[name] for name in _GROUP_METRICS if finite(top[name])}
     else:
         best = next((r for r in rows if _done(r)), None)
         headline = {"sweep/val_acc": best["best_val_acc"]} if best else {}
-        if best and _number(best["test_acc"]):
+        if best and finite(best["test_acc"]):
             headline["sweep/test_acc"] = best["test_acc"]
     now = int(time.time() * 1000)
     metrics = [Metric(key, value, now, 0) for key, value in headline.items()]
@@ -249,9 +243,10 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
     if note is None or note.startswith(NOTE_HEAD):  # not another callback's (the activations')
         tags.append(RunTag(NOTE_TAG, _note(rows, groups, best, swept)))
     client.log_batch(run_id, metrics=metrics, tags=tags)
-    replace_table(client, run_id, pd.DataFrame(rows), CHILDREN_TABLE)
+    replace_table(client, run_id, rows, CHILDREN_TABLE)
     if grouped:
-        replace_table(client, run_id, pd.DataFrame(groups).drop(columns="run_ids"), GROUPS_TABLE)
+        table = [{key: value for key, value in g.items() if key != "run_ids"} for g in groups]
+        replace_table(client, run_id, table, GROUPS_TABLE)
     with tempfile.TemporaryDirectory() as folder:
         figure = Path(folder) / "swept_values.png"
         sweep_figure(rows, swept, best["run_id"] if best else None, figure)
@@ -279,7 +274,7 @@ def _note(
     done = sum(_done(row) for row in rows)
     lines = [f"{NOTE_HEAD} of {', '.join(swept) or 'nothing'}: {len(rows)} runs, {done} finished."]
     if best is not None:
-        test = f", test acc {best['test_acc']:.4f}" if _number(best["test_acc"]) else ""
+        test = f", test acc {best['test_acc']:.4f}" if finite(best["test_acc"]) else ""
         lines.append(f"Best run: `{best['run']}`, best val acc {best['best_val_acc']:.4f}{test}.")
     if groups:
         lines += ["", "| setting | seeds | val acc (mean ± std) | test acc (mean ± std) |"]
@@ -295,9 +290,9 @@ def _note(
 
 def _spread(group: dict[str, Any], name: str) -> str:
     mean, std = group[name], group[f"{name}_std"]
-    if not _number(mean):
+    if not finite(mean):
         return "n/a"
-    return f"{mean:.4f} ± {std:.4f}" if _number(std) else f"{mean:.4f}"
+    return f"{mean:.4f} ± {std:.4f}" if finite(std) else f"{mean:.4f}"
 
 
 def _child_row(client: MlflowClient, run: Run, swept: Sequence[str]) -> dict[str, Any]:
@@ -332,7 +327,7 @@ def seed_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dic
         entry: dict[str, Any] = dict(zip(keys, values, strict=True))
         entry["seeds"] = len(members)
         for name, column in (("val_acc", "best_val_acc"), ("test_acc", "test_acc")):
-            numbers = [r[column] for r in members if _number(r[column])]
+            numbers = [r[column] for r in members if finite(r[column])]
             entry[name] = statistics.fmean(numbers) if numbers else None
             entry[f"{name}_std"] = statistics.stdev(numbers) if len(numbers) > 1 else None
         entry["run_ids"] = [r["run_id"] for r in members]
@@ -341,11 +336,7 @@ def seed_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dic
 
 
 def _done(row: dict[str, Any]) -> bool:
-    return row["status"] == "FINISHED" and _number(row["best_val_acc"])
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
+    return row["status"] == "FINISHED" and finite(row["best_val_acc"])
 
 
 def _parsed(value: str | None) -> Any:
@@ -374,10 +365,6 @@ def _study_tags(name: str, location: str) -> dict[str, str]:
     return {STUDY_TAG: name, STORAGE_TAG: shown(location)}
 
 
-def _grid_name(sweep_dir: Path) -> str:
-    return f"sweep-{sweep_dir.parent.name}-{sweep_dir.name}"
-
-
 def log_study(client: MlflowClient, run_id: str, name: str, location: str, n_trials: int) -> bool:
     """Best value and params, trial counts and figures of a study into its parent run.
 
@@ -403,7 +390,7 @@ def log_study(client: MlflowClient, run_id: str, name: str, location: str, n_tri
         tags.append(RunTag("best.trial", str(top.number)))
         metrics.append(Metric("best_value", top.value, int(time.time() * 1000), counts["done"]))
     client.log_batch(run_id, metrics=metrics, tags=tags)
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for figure, plot in (
             ("optimization_history.png", optuna.visualization.matplotlib.plot_optimization_history),
@@ -414,8 +401,7 @@ def log_study(client: MlflowClient, run_id: str, name: str, location: str, n_tri
             except (ValueError, RuntimeError) as error:  # e.g. importances of a single trial
                 log.info("no %s yet: %s", figure, error)
                 continue
-            path = Path(folder) / figure
-            axes.figure.savefig(path, dpi=100, bbox_inches="tight")
+            saving = {"dpi": 100, "bbox_inches": "tight"}
+            client.log_figure(run_id, axes.figure, f"study/{figure}", save_kwargs=saving)
             plt.close(axes.figure)
-            client.log_artifact(run_id, str(path), "study")
     return counts["done"] >= n_trials
