@@ -28,6 +28,7 @@ DPI = 100
 # `first_layer_weights_figure`): square cells, a title band on top and a margin below.
 WEIGHT_CELL_PX, WEIGHT_HEADER_PX, WEIGHT_FOOTER_PX = 80, 90, 10
 WEIGHT_COLUMNS, WEIGHT_MIN_COLUMNS = 16, 8
+# The columns of reports/training_curve.csv (`training.curve`), one row per epoch.
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 GUESS_COLOUR, OTHER_COLOUR = "tab:orange", "tab:blue"
 

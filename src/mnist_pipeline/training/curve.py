@@ -17,8 +17,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 
 from mnist_pipeline.atomic import atomic_write_text
-
-CURVE_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+from mnist_pipeline.reporting.figures import CURVE_KEYS
 
 
 def read_curve(path: Path) -> list[dict[str, Any]]:
@@ -44,7 +43,7 @@ def curve_rows(metrics_files: list[Path], epochs: int) -> list[dict[str, Any]]:
                 epoch = int(float(logged["epoch"])) + 1
                 values = {
                     column: round(float(value), 6)
-                    for column in CURVE_COLUMNS[1:]
+                    for column in CURVE_KEYS[1:]
                     if (value := logged.get(column.replace("_", "/", 1)))
                 }
                 if values and epoch <= epochs:
@@ -75,7 +74,7 @@ class TrainingCurve(pl.Callback):
         if not files:  # nothing logged (fast_dev_run swaps the loggers out)
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=CURVE_KEYS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(curve_rows(files, trainer.current_epoch))
         atomic_write_text(self.path, buffer.getvalue())
