@@ -1,6 +1,8 @@
-"""Real engines of a team's setup, started on loopback by the cluster tests: a throwaway
-PostgreSQL server (Debian's `postgresql`) and a two-node Ray cluster (the `cluster` extra).
-Each is started once per test module (seconds each); `missing()` says why one cannot run."""
+"""Real engines started on loopback by the tests: an `mlflow server` (a plugin module:
+`pytest_plugins = ["cluster_engines"]` gives its `mlflow_server` fixture), and those of a team's
+setup, a throwaway PostgreSQL server (Debian's `postgresql`) and a two-node Ray cluster (the
+`cluster` extra), started once per test module. `missing()` says why one cannot run. Each runs
+with the cheapest settings that keep what the tests assert: start-ups are most of their cost."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import free_port
 
 PG_BIN = (sorted(glob.glob("/usr/lib/postgresql/*/bin")) or [""])[-1]
@@ -36,6 +41,66 @@ def missing(*needs: str) -> str | None:
         if not all(importlib.util.find_spec(module) for module in modules):
             return 'needs Ray and hydra-ray-launcher: pip install -e ".[cluster]"'
     return None
+
+
+class TrackingServer(str):
+    """A real `mlflow server` on loopback (the string is its URI), with its own store (sqlite in
+    `directory`, or the database URL `backend`) and its artifact folder in `directory`, which
+    it serves (clients never touch it); `kill()` sends it SIGKILL, `start()` starts it (again).
+
+    Without MLflow's job runner (`MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`): it starts six
+    more Python processes (huey consumers) for features no test uses, doubling the start-up."""
+
+    def __new__(cls, directory: Path, backend: str | None = None) -> TrackingServer:
+        server = super().__new__(cls, f"http://127.0.0.1:{free_port()}")
+        server.directory, server.process = directory, None
+        server.backend = backend or f"sqlite:///{directory / 'server.db'}"
+        server.artifacts = directory / "server-artifacts"
+        return server
+
+    def start(self) -> None:
+        port = self.rsplit(":", 1)[1]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", port]
+            + ["--workers", "1", "--backend-store-uri", self.backend]
+            + ["--artifacts-destination", str(self.artifacts)],
+            cwd=self.directory,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: `kill` reaches its workers too
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self}/health", timeout=2):
+                    return
+            except OSError:
+                assert self.process.poll() is None, "mlflow server exited"
+                assert time.monotonic() < deadline, "mlflow server did not answer /health"
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """kill -9 of the server and of every process it started (its worker)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Callable[[Path], str]
+) -> Iterator[TrackingServer]:
+    """A `TrackingServer` on sqlite in `tmp_path`, started; its URI is $MLFLOW_TRACKING_URI for
+    the test. Its store is a copy of an empty one (`empty_store`): not migrated again. Killed at
+    the end (a throwaway: SIGTERM's graceful shutdown took seconds)."""
+    server = TrackingServer(tmp_path, empty_store(tmp_path / "server.db"))
+    try:
+        server.start()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+        yield server
+    finally:
+        server.kill()
 
 
 class Postgres:
@@ -58,8 +123,14 @@ class Postgres:
 
     def start(self) -> None:
         data = self.folder / "data"
-        self._as_postgres(f"{PG_BIN}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        self._as_postgres(
+            f"{PG_BIN}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"
+        )
+        # A throwaway: nothing is worth an fsync (MLflow's migrations commit hundreds of times).
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
         self._as_postgres(
             f"{PG_BIN}/pg_ctl", "-D", str(data), "-o", options, "-l", str(self.folder / "log"),
             "-w", "start",
@@ -99,7 +170,8 @@ class RayCluster:
         log = self.folder / f"node-{len(self.nodes)}.log"
         with open(log, "w") as output:
             node = subprocess.Popen(
-                [ray, "start", "--block", "--num-cpus=1", "--disable-usage-stats", *arguments],
+                [ray, "start", "--block", "--num-cpus=1", "--disable-usage-stats",
+                 "--include-log-monitor=false", *arguments],  # fmt: skip
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from cluster_engines import Postgres, RayCluster, missing
-from conftest import REPO, TrackingServer, make_tiny_mnist, mlflow_runs
+from cluster_engines import Postgres, RayCluster, TrackingServer, missing
+from conftest import REPO, make_tiny_mnist, mlflow_runs
 from optuna.trial import TrialState
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

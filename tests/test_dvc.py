@@ -61,6 +61,7 @@ def project(tmp_path, tiny_mnist, http_mirror, monkeypatch, empty_store):
     )
     params["trainer"]["max_epochs"] = 2
     params["model"]["hidden"] = 32
+    params["logger"]["mlflow"]["log_model"] = False  # not DVC's: test_tracking.py's
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.delenv("MNIST_MIRROR", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(tmp_path / "mlflow.db"))

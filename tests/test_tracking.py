@@ -13,12 +13,14 @@ from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import logits_of
 from mnist_pipeline.tracking.logger import TrackingError
 
+pytest_plugins = ["cluster_engines"]  # mlflow_server
+
 
 @pytest.mark.slow
-def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_server, tmp_path):
+def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, mlflow_server, tmp_path):
     tiny_run("model.hidden=24", "model.activation=sigmoid", "trainer.log_every_n_steps=4")
     assert no_runs(tmp_path)  # all of it went to the server
-    client, runs = mlflow_runs(tracking_server)
+    client, runs = mlflow_runs(mlflow_server)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -66,7 +68,7 @@ def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, tracking_s
     # The logged model takes raw pixels and answers probabilities that match the checkpoint's.
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_server)
+    mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     images, _ = load_images_and_labels(
         tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte",
