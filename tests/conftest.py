@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import warm
 
 from mnist_pipeline.data.idx import write_idx
 
@@ -262,10 +263,13 @@ def _tiny_setup(
 @pytest.fixture
 def tiny_run(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_store):
     """Factory: `tiny_run(*overrides, cwd=REPO, script="src/train.py") -> CompletedProcess`;
+    `tiny_run.popen(*overrides, **popen_args) -> warm.Popen` starts it and returns at once;
     `tiny_run.command(*overrides)` is the argv, to start it yourself.
 
-    Runs a real `python <script>` on the tiny data set (served by MNIST_MIRROR), with
-    every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`.
+    Runs a real `python <script>` process on the tiny data set (served by MNIST_MIRROR), with
+    every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`. The process is
+    started warm (`warm.py`: forked from a process that has imported torch, Lightning, MLflow
+    and Hydra already; still a process of its own, its pid, signals, exit status and output).
     """
     base = [
         *_tiny_setup(tmp_path, tiny_mnist, monkeypatch, empty_store),
@@ -278,8 +282,11 @@ def tiny_run(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_
         overrides = [arg for arg in overrides if not arg.startswith("-")]
         return [sys.executable, str(cwd / script), *flags, *base, *overrides]
 
+    def popen(*overrides: str, script: str = "src/train.py", **popen_args) -> warm.Popen:
+        return warm.Popen(command(*overrides, script=script), cwd=REPO, **popen_args)
+
     def run(*overrides: str, cwd: Path = REPO, script: str = "src/train.py", check: bool = True):
-        result = subprocess.run(
+        result = warm.run(
             command(*overrides, cwd=cwd, script=script),
             cwd=cwd,
             capture_output=True,
@@ -290,7 +297,7 @@ def tiny_run(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_
             raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result
 
-    run.command = command
+    run.command, run.popen = command, popen
     return run
 
 

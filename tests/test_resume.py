@@ -49,14 +49,8 @@ def _uninterrupted(train_tiny, empty_store, tmp_path: Path) -> Path:
 
 
 def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        tiny_run.command(*SLOW),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A non-interactive shell (CI) starts commands with SIGINT ignored; a user's has it on.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # Started warm, SIGINT on as in a user's shell (a non-interactive one ignores it).
+    process = tiny_run.popen(*SLOW, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     curve = tmp_path / "run" / "reports" / "training_curve.csv"
 
     def complete_epochs() -> int:  # rows with train metrics: logged after the epoch's checkpoint
@@ -161,8 +155,9 @@ def test_resuming_into_a_different_model_is_refused(train_tiny, tmp_path):
 @pytest.mark.slow
 def test_sigterm_while_drawing_the_report_ends_the_run_killed(tiny_run, tmp_path):
     # After the test the report is drawn (matplotlib, five figures): seconds without Lightning.
-    process = subprocess.Popen(
-        tiny_run.command("trainer.max_epochs=1", "logger.mlflow.log_model=false"),
+    process = tiny_run.popen(
+        "trainer.max_epochs=1",
+        "logger.mlflow.log_model=false",
         stdout=subprocess.PIPE,  # where Hydra's log goes
         stderr=subprocess.DEVNULL,
         text=True,
