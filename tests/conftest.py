@@ -24,13 +24,28 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
-import torch
 import warm
 
-from mnist_pipeline.data.idx import write_idx
-
 SPLITS = {"train": "train", "test": "t10k"}
+
+
+# The modules that take longest, longest first (measured: `--durations`). xdist (`--dist
+# loadscope --no-loadscope-reorder`) hands whole modules out in this order; its own default (most
+# tests first) started the long end-to-end modules last, each finishing alone.
+LONGEST_FIRST = (
+    "test_dvc", "test_cluster", "test_outbox", "test_search", "test_resume", "test_tracking",
+    "test_train", "test_outputs", "test_sweeps", "test_nodes", "test_ddp", "test_run_page",
+    "test_comparison", "test_serve", "test_clean_failures", "test_prediction",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest after
+
+
+def pytest_sessionfinish() -> None:
+    warm.stop()
 
 
 def make_tiny_mnist(
@@ -42,6 +57,8 @@ def make_tiny_mnist(
     by up to 2 pixels, scaled in brightness and covered in noise. Labels are balanced. Returns
     {decompressed file name: sha256 of its decompressed content}.
     """
+    from mnist_pipeline.data.idx import write_idx  # imports torch: not in xdist's controller
+
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:28, :28]
     centres = [(y, x) for y in (6, 11, 16, 21) for x in (6, 11, 16, 21)]
@@ -209,16 +226,24 @@ def no_runs(store: str | Path) -> bool:
 
 
 @pytest.fixture(scope="session")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
+def empty_store(request: pytest.FixtureRequest, tmp_path_factory) -> Callable[[Path], str]:
     """Factory: `empty_store(path) -> URI` of a new, empty MLflow sqlite store at `path`.
 
-    The schema is copied from a store created once per test process: MLflow's creation of a
-    store (its schema migrations) costs seconds, which every training test would pay again.
+    The schema is copied from a template store: MLflow's creation of a store (its schema
+    migrations) costs 2.4 s of CPU, which every training test would pay again. The template is
+    made once per MLflow version and kept in pytest's cache (once per test process without it).
     """
-    from mlflow import MlflowClient
+    from importlib.metadata import version
 
-    template = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{template}").search_experiments()
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("mlflow-store") if cache else tmp_path_factory.mktemp("mlflow-store")
+    template = folder / f"mlflow-{version('mlflow')}.db"
+    if not template.exists():
+        from mlflow import MlflowClient
+
+        made = template.with_suffix(f".{os.getpid()}.tmp")
+        MlflowClient(f"sqlite:///{made}").search_experiments()
+        os.replace(made, template)  # whole, even with another test process making it too
 
     def create(path: Path) -> str:
         shutil.copyfile(template, path)
@@ -446,10 +471,20 @@ def tiny_cli_overrides(
     ]
 
 
-class AllocateTooMuch(pl.Callback):
-    """A callback (`+callbacks.oom._target_=conftest.AllocateTooMuch`): the training runs out
-    of memory at its third step, asking for 10 TB, which the kernel refuses."""
+def __getattr__(name: str):
+    """`conftest.AllocateTooMuch`, a callback (`+callbacks.oom._target_=conftest.AllocateTooMuch`):
+    the training runs out of memory at its third step, asking for 10 TB, which the kernel
+    refuses. Defined when first asked for: xdist's controller loads this file too, and needs no
+    Lightning (5 s of imports before any worker starts)."""
+    if name != "AllocateTooMuch":
+        raise AttributeError(name)
+    import pytorch_lightning as pl
+    import torch
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= 3:
-            torch.empty(10**13, dtype=torch.uint8)
+    class AllocateTooMuch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step >= 3:
+                torch.empty(10**13, dtype=torch.uint8)
+
+    globals()[name] = AllocateTooMuch
+    return AllocateTooMuch

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mlflow_runs
+from conftest import mlflow_runs, train_once
 
 from mnist_pipeline.checkpoint_files import read_checkpoint
 from mnist_pipeline.config import ConfigError
@@ -38,14 +38,11 @@ def _same_training(run: Path, reference: Path) -> None:
     assert (run / curve).read_text() == (reference / curve).read_text()
 
 
-def _uninterrupted(train_tiny, empty_store, tmp_path: Path) -> Path:
-    """The same training as `SLOW`, not interrupted, run in this process (its own store)."""
-    train_tiny(
-        *SLOW,
-        f"logger.mlflow.tracking_uri={empty_store(tmp_path / 'reference.db')}",
-        f"paths.output_dir={tmp_path / 'uninterrupted'}",
-    )
-    return tmp_path / "uninterrupted"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, empty_store) -> Path:
+    """The outputs of the training of `SLOW`, not interrupted: run once in this process (its own
+    store, the same tiny data), the reference of both interrupted ones."""
+    return train_once(tmp_path_factory.mktemp("uninterrupted"), empty_store, *SLOW)
 
 
 def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:
@@ -66,7 +63,7 @@ def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Po
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, empty_store, tmp_path):
+def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, uninterrupted, tmp_path):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=2)
     process.kill()  # SIGKILL: no handler runs, the process just vanishes
     process.wait()
@@ -86,7 +83,7 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, empty_
     tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert find_last(tmp_path) == last  # the newest last.ckpt: what ckpt_path=last resumes
     # Bit-identical: the RNG state (dropout) was restored too.
-    _same_training(tmp_path / "run", _uninterrupted(train_tiny, empty_store, tmp_path))
+    _same_training(tmp_path / "run", uninterrupted)
 
     client, runs = mlflow_runs(tmp_path)
     # The same run, FINISHED now, and no new one (beside the other training's).
@@ -107,7 +104,7 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, empty_
 
 @pytest.mark.slow
 def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(
-    tiny_run, train_tiny, empty_store, tmp_path, caplog
+    tiny_run, train_tiny, uninterrupted, tmp_path, caplog
 ):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
     process.send_signal(signal.SIGTERM)
@@ -123,7 +120,7 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(
     # same result.
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     train_tiny(*SLOW, f"ckpt_path={last}")
-    _same_training(tmp_path / "run", _uninterrupted(train_tiny, empty_store, tmp_path))
+    _same_training(tmp_path / "run", uninterrupted)
 
     # Resuming the finished run again: nothing to do, nothing logged twice.
     _, (before,) = mlflow_runs(tmp_path)
