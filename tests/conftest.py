@@ -1,4 +1,14 @@
-"""Shared test helpers: a tiny synthetic MNIST and a loopback HTTP mirror with failure modes."""
+"""Shared test helpers: a tiny synthetic MNIST, a loopback HTTP mirror with failure modes, and
+runs of the project's commands on them.
+
+`tiny_run` (and `warm.Popen`/`warm.run` in the tests) start `python src/<script>.py` warm: forked
+from a multiprocessing forkserver that imported torch, Lightning, MLflow and Hydra once per test
+process (tests/warm.py). Each run is still a real process of its own: its pid (the signal tests
+send it SIGTERM/SIGINT/SIGKILL), environment, working directory, stdout/stderr and exit status;
+the script runs as `__main__` with the argv and `sys.path` of a cold start. Cold `python` starts
+stay where the start itself is under test: DVC's stages, torchrun, `predict.py`'s import time.
+`train_tiny` and `cli` run in this process what needs no process of its own.
+"""
 
 from __future__ import annotations
 
