@@ -19,6 +19,7 @@ Forking a process that ran torch ops is unsafe (its OpenMP pool); the forkserver
 
 from __future__ import annotations
 
+import ast
 import atexit
 import multiprocessing
 import multiprocessing.forkserver
@@ -79,7 +80,8 @@ def _cold_sys_path() -> list[str]:
     without PYTHONPATH: the standard library, site-packages and .pth entries."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = "import sys; print(repr(sys.path[1:]))"
-    return eval(subprocess.check_output([sys.executable, "-c", code], env=env, text=True))
+    listed = subprocess.check_output([sys.executable, "-c", code], env=env, text=True)
+    return ast.literal_eval(listed)
 
 
 def _main(script: str, argv: list[str], env: dict, cwd: str, base_path: list, fds: tuple) -> None:
