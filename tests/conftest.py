@@ -1,4 +1,14 @@
-"""Shared test helpers: a tiny synthetic MNIST and a loopback HTTP mirror with failure modes."""
+"""Shared test helpers: a tiny synthetic MNIST, a loopback HTTP mirror with failure modes, and
+runs of the project's commands on them.
+
+`tiny_run` (and `warm.Popen`/`warm.run` in the tests) start `python src/<script>.py` warm: forked
+from a multiprocessing forkserver that imported torch, Lightning, MLflow and Hydra once per test
+process (tests/warm.py). Each run is still a real process of its own: its pid (the signal tests
+send it SIGTERM/SIGINT/SIGKILL), environment, working directory, stdout/stderr and exit status;
+the script runs as `__main__` with the argv and `sys.path` of a cold start. Cold `python` starts
+stay where the start itself is under test: DVC's stages, torchrun, `predict.py`'s import time.
+`train_tiny` and `cli` run in this process what needs no process of its own.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +34,28 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
-import torch
-
-from mnist_pipeline.data.idx import write_idx
+import warm
 
 SPLITS = {"train": "train", "test": "t10k"}
+
+
+# The modules that take longest, longest first (measured: `--durations`). xdist (`--dist
+# loadscope --no-loadscope-reorder`) hands whole modules out in this order; its own default (most
+# tests first) started the long end-to-end modules last, each finishing alone.
+LONGEST_FIRST = (
+    "test_dvc", "test_cluster", "test_outbox", "test_search", "test_resume", "test_tracking",
+    "test_train", "test_outputs", "test_sweeps", "test_nodes", "test_ddp", "test_run_page",
+    "test_comparison", "test_serve", "test_clean_failures", "test_prediction",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest after
+
+
+def pytest_sessionfinish() -> None:
+    warm.stop()
 
 
 def make_tiny_mnist(
@@ -41,6 +67,8 @@ def make_tiny_mnist(
     by up to 2 pixels, scaled in brightness and covered in noise. Labels are balanced. Returns
     {decompressed file name: sha256 of its decompressed content}.
     """
+    from mnist_pipeline.data.idx import write_idx  # imports torch: not in xdist's controller
+
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:28, :28]
     centres = [(y, x) for y in (6, 11, 16, 21) for x in (6, 11, 16, 21)]
@@ -208,16 +236,24 @@ def no_runs(store: str | Path) -> bool:
 
 
 @pytest.fixture(scope="session")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
+def empty_store(request: pytest.FixtureRequest, tmp_path_factory) -> Callable[[Path], str]:
     """Factory: `empty_store(path) -> URI` of a new, empty MLflow sqlite store at `path`.
 
-    The schema is copied from a store created once per test process: MLflow's creation of a
-    store (its schema migrations) costs seconds, which every training test would pay again.
+    The schema is copied from a template store: MLflow's creation of a store (its schema
+    migrations) costs 2.4 s of CPU, which every training test would pay again. The template is
+    made once per MLflow version and kept in pytest's cache (once per test process without it).
     """
-    from mlflow import MlflowClient
+    from importlib.metadata import version
 
-    template = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{template}").search_experiments()
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("mlflow-store") if cache else tmp_path_factory.mktemp("mlflow-store")
+    template = folder / f"mlflow-{version('mlflow')}.db"
+    if not template.exists():
+        from mlflow import MlflowClient
+
+        made = template.with_suffix(f".{os.getpid()}.tmp")
+        MlflowClient(f"sqlite:///{made}").search_experiments()
+        os.replace(made, template)  # whole, even with another test process making it too
 
     def create(path: Path) -> str:
         shutil.copyfile(template, path)
@@ -262,10 +298,13 @@ def _tiny_setup(
 @pytest.fixture
 def tiny_run(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_store):
     """Factory: `tiny_run(*overrides, cwd=REPO, script="src/train.py") -> CompletedProcess`;
+    `tiny_run.popen(*overrides, **popen_args) -> warm.Popen` starts it and returns at once;
     `tiny_run.command(*overrides)` is the argv, to start it yourself.
 
-    Runs a real `python <script>` on the tiny data set (served by MNIST_MIRROR), with
-    every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`.
+    Runs a real `python <script>` process on the tiny data set (served by MNIST_MIRROR), with
+    every output (data, Hydra run dir, MLflow sqlite store) inside `tmp_path`. The process is
+    started warm (`warm.py`: forked from a process that has imported torch, Lightning, MLflow
+    and Hydra already; still a process of its own, its pid, signals, exit status and output).
     """
     base = [
         *_tiny_setup(tmp_path, tiny_mnist, monkeypatch, empty_store),
@@ -278,8 +317,11 @@ def tiny_run(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_
         overrides = [arg for arg in overrides if not arg.startswith("-")]
         return [sys.executable, str(cwd / script), *flags, *base, *overrides]
 
+    def popen(*overrides: str, script: str = "src/train.py", **popen_args) -> warm.Popen:
+        return warm.Popen(command(*overrides, script=script), cwd=REPO, **popen_args)
+
     def run(*overrides: str, cwd: Path = REPO, script: str = "src/train.py", check: bool = True):
-        result = subprocess.run(
+        result = warm.run(
             command(*overrides, cwd=cwd, script=script),
             cwd=cwd,
             capture_output=True,
@@ -290,7 +332,7 @@ def tiny_run(tmp_path: Path, tiny_mnist, monkeypatch: pytest.MonkeyPatch, empty_
             raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-4000:]}")
         return result
 
-    run.command = command
+    run.command, run.popen = command, popen
     return run
 
 
@@ -439,10 +481,20 @@ def tiny_cli_overrides(
     ]
 
 
-class AllocateTooMuch(pl.Callback):
-    """A callback (`+callbacks.oom._target_=conftest.AllocateTooMuch`): the training runs out
-    of memory at its third step, asking for 10 TB, which the kernel refuses."""
+def __getattr__(name: str):
+    """`conftest.AllocateTooMuch`, a callback (`+callbacks.oom._target_=conftest.AllocateTooMuch`):
+    the training runs out of memory at its third step, asking for 10 TB, which the kernel
+    refuses. Defined when first asked for: xdist's controller loads this file too, and needs no
+    Lightning (5 s of imports before any worker starts)."""
+    if name != "AllocateTooMuch":
+        raise AttributeError(name)
+    import pytorch_lightning as pl
+    import torch
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step >= 3:
-            torch.empty(10**13, dtype=torch.uint8)
+    class AllocateTooMuch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step >= 3:
+                torch.empty(10**13, dtype=torch.uint8)
+
+    globals()[name] = AllocateTooMuch
+    return AllocateTooMuch

@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import warm
 from conftest import REPO, mlflow_runs
 
 from mnist_pipeline.checkpoint_files import load_network
@@ -61,7 +62,7 @@ def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_pa
             ),
             f"hydra.run.dir={tmp_path}/{default}",
         ]
-        processes[hidden] = subprocess.Popen(
+        processes[hidden] = warm.Popen(
             command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
     for hidden, process in processes.items():

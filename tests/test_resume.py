@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mlflow_runs
+from conftest import mlflow_runs, train_once
 
 from mnist_pipeline.checkpoint_files import read_checkpoint
 from mnist_pipeline.config import ConfigError
@@ -38,25 +38,16 @@ def _same_training(run: Path, reference: Path) -> None:
     assert (run / curve).read_text() == (reference / curve).read_text()
 
 
-def _uninterrupted(train_tiny, empty_store, tmp_path: Path) -> Path:
-    """The same training as `SLOW`, not interrupted, run in this process (its own store)."""
-    train_tiny(
-        *SLOW,
-        f"logger.mlflow.tracking_uri={empty_store(tmp_path / 'reference.db')}",
-        f"paths.output_dir={tmp_path / 'uninterrupted'}",
-    )
-    return tmp_path / "uninterrupted"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, empty_store) -> Path:
+    """The outputs of the training of `SLOW`, not interrupted: run once in this process (its own
+    store, the same tiny data), the reference of both interrupted ones."""
+    return train_once(tmp_path_factory.mktemp("uninterrupted"), empty_store, *SLOW)
 
 
 def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        tiny_run.command(*SLOW),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A non-interactive shell (CI) starts commands with SIGINT ignored; a user's has it on.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # Started warm, SIGINT on as in a user's shell (a non-interactive one ignores it).
+    process = tiny_run.popen(*SLOW, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     curve = tmp_path / "run" / "reports" / "training_curve.csv"
 
     def complete_epochs() -> int:  # rows with train metrics: logged after the epoch's checkpoint
@@ -72,7 +63,7 @@ def _start_and_wait_for_epochs(tiny_run, tmp_path, epochs: int) -> subprocess.Po
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, empty_store, tmp_path):
+def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, uninterrupted, tmp_path):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=2)
     process.kill()  # SIGKILL: no handler runs, the process just vanishes
     process.wait()
@@ -92,7 +83,7 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, empty_
     tiny_run(*SLOW, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert find_last(tmp_path) == last  # the newest last.ckpt: what ckpt_path=last resumes
     # Bit-identical: the RNG state (dropout) was restored too.
-    _same_training(tmp_path / "run", _uninterrupted(train_tiny, empty_store, tmp_path))
+    _same_training(tmp_path / "run", uninterrupted)
 
     client, runs = mlflow_runs(tmp_path)
     # The same run, FINISHED now, and no new one (beside the other training's).
@@ -113,7 +104,7 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, empty_
 
 @pytest.mark.slow
 def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(
-    tiny_run, train_tiny, empty_store, tmp_path, caplog
+    tiny_run, train_tiny, uninterrupted, tmp_path, caplog
 ):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
     process.send_signal(signal.SIGTERM)
@@ -129,7 +120,7 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(
     # same result.
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     train_tiny(*SLOW, f"ckpt_path={last}")
-    _same_training(tmp_path / "run", _uninterrupted(train_tiny, empty_store, tmp_path))
+    _same_training(tmp_path / "run", uninterrupted)
 
     # Resuming the finished run again: nothing to do, nothing logged twice.
     _, (before,) = mlflow_runs(tmp_path)
@@ -161,8 +152,9 @@ def test_resuming_into_a_different_model_is_refused(train_tiny, tmp_path):
 @pytest.mark.slow
 def test_sigterm_while_drawing_the_report_ends_the_run_killed(tiny_run, tmp_path):
     # After the test the report is drawn (matplotlib, five figures): seconds without Lightning.
-    process = subprocess.Popen(
-        tiny_run.command("trainer.max_epochs=1", "logger.mlflow.log_model=false"),
+    process = tiny_run.popen(
+        "trainer.max_epochs=1",
+        "logger.mlflow.log_model=false",
         stdout=subprocess.PIPE,  # where Hydra's log goes
         stderr=subprocess.DEVNULL,
         text=True,

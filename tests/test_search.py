@@ -9,6 +9,7 @@ import time
 
 import optuna
 import pytest
+import warm
 import yaml
 from conftest import REPO, mlflow_runs, run_table
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -169,7 +170,7 @@ def test_pruning_stops_hopeless_trials_and_mlflow_shows_them(tiny_run, tmp_path)
 @pytest.mark.slow
 def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_path):
     command = search(tiny_run, tmp_path, "hydra.sweeper.n_trials=4", "trainer.max_epochs=6")
-    process = subprocess.Popen(
+    process = warm.Popen(
         command,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -189,7 +190,7 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_pat
     process.wait()
     killed = last.number
 
-    rerun = subprocess.run(
+    rerun = warm.run(
         search(
             tiny_run,
             tmp_path,
@@ -227,7 +228,7 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tiny_run, tmp_pat
 @pytest.mark.slow
 def test_two_processes_share_one_study(tiny_run, tmp_path):
     processes = [
-        subprocess.Popen(
+        warm.Popen(
             search(
                 tiny_run,
                 tmp_path,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import warm
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ class Served:
 
     def __init__(self, checkpoint: Path) -> None:
         self.checkpoint = checkpoint
-        self.process = subprocess.Popen(
+        self.process = warm.Popen(
             [sys.executable, "src/serve.py", "port=0", f"ckpt_path={checkpoint}"],
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -80,7 +81,7 @@ def test_serve_prints_its_loopback_url_and_refuses_a_port_in_use(served: Served)
         if c.status == psutil.CONN_LISTEN and c.laddr.port == port
     ]
     assert listening == ["127.0.0.1"]
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, "src/serve.py", f"port={port}", f"ckpt_path={served.checkpoint}"],
         cwd=REPO,
         capture_output=True,

@@ -10,11 +10,11 @@ import json
 import logging
 import runpy
 import statistics
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
+import warm
 from conftest import REPO, _tiny_setup, make_tiny_mnist, mlflow_runs, run_table
 
 from mnist_pipeline.tracking.sweeps import BEST_RUN_TAG, CHILDREN_TABLE, GROUPS_TABLE, seed_groups
@@ -46,7 +46,7 @@ def grid(tmp_path_factory, empty_store):
         store.create_experiment("mnist", artifact_location=(tmp / "mlruns").as_uri())
         train = [sys.executable, str(REPO / "src" / "train.py"), "-m"]
         parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-        result = subprocess.run(
+        result = warm.run(
             [*train, *parallel, *overrides], cwd=REPO, capture_output=True, text=True, timeout=300
         )
         assert result.returncode == 0, result.stderr[-4000:]

@@ -3,10 +3,10 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+import warm
 from conftest import REPO, mlflow_runs, no_runs
 
 from mnist_pipeline.checkpoint_files import load_network, read_checkpoint
@@ -165,7 +165,7 @@ def test_a_users_network_is_one_python_and_one_yaml_file(tiny_run, tmp_path):
     command = tiny_run.command(
         "model=tiny", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "trainer.max_epochs=1"
     )
-    result = subprocess.run(
+    result = warm.run(
         command,
         cwd=REPO,
         capture_output=True,
@@ -189,8 +189,9 @@ images, labels = load_images_and_labels("{tmp_path}/data/mnist/t10k-images-idx3-
 p = np.asarray(model.predict(images.float().numpy() / 255.0))
 print((p.argmax(1) == labels.numpy()).mean(), run.data.metrics["test/acc"])
 '''
-    scored = subprocess.run(
-        [sys.executable, "-c", score], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    (tmp_path / "score.py").write_text(score)
+    scored = warm.run(
+        [sys.executable, "score.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert scored.returncode == 0, scored.stderr[-3000:]
     served, logged = map(float, scored.stdout.split())
