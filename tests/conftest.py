@@ -19,13 +19,9 @@ import logging
 import os
 import runpy
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -413,59 +409,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class TrackingServer(str):
-    """A real `mlflow server` on loopback (the string is its URI), with its own store (sqlite in
-    `directory`, or the database URL `backend`) and its artifact folder in `directory`, which
-    it serves (clients never touch it); `kill()` sends it SIGKILL, `start()` starts it (again)."""
-
-    def __new__(cls, directory: Path, backend: str | None = None) -> TrackingServer:
-        server = super().__new__(cls, f"http://127.0.0.1:{free_port()}")
-        server.directory, server.process = directory, None
-        server.backend = backend or f"sqlite:///{directory / 'server.db'}"
-        server.artifacts = directory / "server-artifacts"
-        return server
-
-    def start(self) -> None:
-        port = self.rsplit(":", 1)[1]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", port]
-            + ["--workers", "1", "--backend-store-uri", self.backend]
-            + ["--artifacts-destination", str(self.artifacts)],
-            cwd=self.directory,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: `kill` reaches its workers too
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self}/health", timeout=2):
-                    return
-            except OSError:
-                assert self.process.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server did not answer /health"
-                time.sleep(0.5)
-
-    def kill(self, signum: int = signal.SIGKILL) -> None:
-        """Stop the server and every process it started (its workers): kill -9 by default."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signum)
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TrackingServer]:
-    """A real `mlflow server` on loopback (`TrackingServer`), started; its URI is
-    $MLFLOW_TRACKING_URI for the test."""
-    server = TrackingServer(tmp_path)
-    try:
-        server.start()
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-        yield server
-    finally:
-        server.kill(signal.SIGTERM)
 
 
 @pytest.fixture
