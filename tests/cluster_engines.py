@@ -170,8 +170,15 @@ class RayCluster:
         log = self.folder / f"node-{len(self.nodes)}.log"
         with open(log, "w") as output:
             node = subprocess.Popen(
-                [ray, "start", "--block", "--num-cpus=1", "--disable-usage-stats",
-                 "--include-log-monitor=false", *arguments],  # fmt: skip
+                [
+                    ray,
+                    "start",
+                    "--block",
+                    "--num-cpus=1",
+                    "--disable-usage-stats",
+                    "--include-log-monitor=false",
+                    *arguments,
+                ],  # fmt: skip
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -1,17 +1,19 @@
 """MLflow tracking against real stores: a sqlite file and an `mlflow server` on loopback."""
 
 import json
+import threading
 import time
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 from conftest import free_port, mlflow_runs, no_runs
 
 from mnist_pipeline.checkpoint_files import load_network
 from mnist_pipeline.data.download import DownloadError
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import logits_of
-from mnist_pipeline.tracking.logger import TrackingError
+from mnist_pipeline.tracking.logger import MLflowLogger, TrackingError
 
 pytest_plugins = ["cluster_engines"]  # mlflow_server
 
@@ -116,3 +118,38 @@ def test_store_that_cannot_be_opened_fails_the_training_with_its_uri(train_tiny,
         train_tiny(f"logger.mlflow.tracking_uri={uri}")
     assert f"MLflow store {uri}: FileExistsError" in str(error.value)
     assert "logger=none" in str(error.value)
+
+
+class FirstStepProbe(pl.Callback):
+    """Notes whether the MLflow run existed when the first training batch started, then lets
+    its creation finish (see the test below)."""
+
+    run_existed: bool | None = None
+    release = threading.Event()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if FirstStepProbe.run_existed is None:
+            (logger,) = [lg for lg in trainer.loggers if isinstance(lg, MLflowLogger)]
+            FirstStepProbe.run_existed = logger._created.done()
+            FirstStepProbe.release.set()
+
+
+def test_training_starts_while_the_mlflow_run_is_created(train_tiny, tmp_path, monkeypatch):
+    """The run is created in a background thread, and the first step does not wait for it
+    (Lightning touches `logger.experiment` before setup; the learning rate is logged as the
+    epoch starts): everything logged meanwhile reaches the run."""
+    create = MLflowLogger._create
+
+    def slow_create(self, arguments):
+        FirstStepProbe.release.wait(timeout=20)  # until the first batch, at most 20 s
+        return create(self, arguments)
+
+    monkeypatch.setattr(MLflowLogger, "_create", slow_create)
+    monkeypatch.setattr(FirstStepProbe, "release", threading.Event())
+    monkeypatch.setattr(FirstStepProbe, "run_existed", None)
+    train_tiny("trainer.max_epochs=1", "+callbacks.probe={_target_:test_tracking.FirstStepProbe}")
+    assert FirstStepProbe.run_existed is False
+    _, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert {"lr-Adam", "train/loss", "val/acc", "test/acc"} <= set(run.data.metrics)
+    assert run.data.params["model.hidden"]

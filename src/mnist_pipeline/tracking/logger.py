@@ -258,6 +258,17 @@ def default_run_name(model: Any) -> str:
     return "-".join([hydra.runtime.choices.get("model") or name, *parts])
 
 
+class _ClientOnceCreated:
+    """`MLflowLogger.experiment` while its run is being created: the client, waited for at the
+    first attribute used."""
+
+    def __init__(self, created: Future[MlflowClient]) -> None:
+        self._created = created
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._created.result(), name)
+
+
 class MLflowLogger(MLFlowLogger):
     """Lightning's `MLFlowLogger`, with what it lacks for the run this project promises (README,
     "MLflow"):
@@ -390,8 +401,12 @@ class MLflowLogger(MLFlowLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> MlflowClient:
-        """The MLflow client, once the run exists (waits for it; re-raises what stopped it)."""
-        return self._created.result()
+        """The MLflow client; while the run is being created, a stand-in that waits for it at
+        its first use (and re-raises what stopped it). Lightning touches `experiment` before
+        `setup`: waiting there would hold the first training step until the run exists."""
+        if self._created.done():
+            return self._created.result()
+        return _ClientOnceCreated(self._created)  # type: ignore[return-value]
 
     @property
     def name(self) -> str:
@@ -406,7 +421,7 @@ class MLflowLogger(MLFlowLogger):
         while the run is still being created."""
         self._waiting.append(record)
         if now or self._created.done():
-            client = self.experiment
+            client = self._created.result()
             while self._waiting:
                 self.outbox.post(client, self._waiting.pop(0))
 
@@ -446,7 +461,10 @@ class MLflowLogger(MLFlowLogger):
         per_step = any(key.endswith("_step") for key in metrics)
         step = (step or 0) if per_step else self.epoch
         self._pending += [(key, float(value), now, step) for key, value in metrics.items()]
-        if metrics and not per_step:
+        # Sent with Lightning's calls, which carry the epoch: what a callback logs itself (the
+        # learning rate, as the epoch starts) goes with the epoch's values, so that the first
+        # training step never waits for the run to be created.
+        if epoch is not None and metrics and not per_step:
             self.flush()
 
     def flush(self) -> None:
@@ -475,6 +493,7 @@ class MLflowLogger(MLFlowLogger):
             return
         if self._monitor is not None:  # its last samples before the run ends
             self._monitor.finish()
+        self.flush()  # what was logged after the last epoch's values
         self._post({"status": status})
 
     def check_sent(self) -> None:
