@@ -45,6 +45,14 @@ LONGEST_FIRST = (
 )  # fmt: skip
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist runs one test per CPU. torch's default of one intra-op thread per CPU in each test,
+    # and in each run or DVC stage a test starts, would put N x N spinning threads on N CPUs:
+    # one each, as parallel test runs of torch code do. Set before any torch import (OpenMP
+    # reads it then); the tests' processes inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest after
