@@ -9,8 +9,7 @@ from conftest import REPO, mlflow_runs
 from mnist_pipeline.checkpoint_files import RUN_ID_KEY, load_network
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import logits_of, score
-from mnist_pipeline.tracking.logger import MLflowLogger
-from mnist_pipeline.training.checkpoints import RunIdInCheckpoint
+from mnist_pipeline.tracking.logger import MLflowLogger, RunCallback
 
 
 @pytest.mark.slow
@@ -69,7 +68,7 @@ def test_ddp_spawn_takes_the_mlflow_run_into_its_processes(tmp_path):
     the MLflow logger, whose run is made in a background thread, and the callback writing that
     run's id into checkpoints go with it, and log into that one run."""
     logger = MLflowLogger(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    callback = RunIdInCheckpoint(logger)
+    callback = RunCallback(logger)
     spawned, spawned_callback = pickle.loads(pickle.dumps((logger, callback)))
     checkpoint = {}
     spawned_callback.on_save_checkpoint(None, None, checkpoint)

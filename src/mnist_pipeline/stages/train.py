@@ -31,8 +31,8 @@ from mnist_pipeline.stages.outputs import held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import (
     NOTE_TAG,
-    EpochOfMetrics,
     MLflowLogger,
+    RunCallback,
     check_registry,
     check_server,
     data_version,
@@ -42,7 +42,7 @@ from mnist_pipeline.tracking.logger import (
 )
 from mnist_pipeline.tracking.outbox import UNSENT_DIR, sync
 from mnist_pipeline.tracking.sweeps import mlflow_settings
-from mnist_pipeline.training.checkpoints import AtomicCheckpointIO, RunIdInCheckpoint, find_last
+from mnist_pipeline.training.checkpoints import AtomicCheckpointIO, find_last
 from mnist_pipeline.training.classifier import Classifier
 from mnist_pipeline.training.curve import TrainingCurve
 
@@ -140,8 +140,7 @@ def _fit_test_report(
 ) -> float:
     callbacks = build_callbacks(cfg, out)
     if mlflow is not None:
-        callbacks.insert(0, EpochOfMetrics(mlflow))  # first: before LearningRateMonitor's
-        callbacks.append(RunIdInCheckpoint(mlflow))
+        callbacks.insert(0, RunCallback(mlflow))  # first: before LearningRateMonitor's
     if (trial := current_trial()) is not None:  # a trial of a search: report, maybe prune
         callbacks.append(TrialPruning(trial))
     reports = out / "reports"

@@ -19,6 +19,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 from mnist_pipeline import PROJECT_ROOT, hydra_config, repository_root
+from mnist_pipeline.checkpoint_files import RUN_ID_KEY
 from mnist_pipeline.processes import gone, lock_beside, this_process
 from mnist_pipeline.tracking.outbox import (
     UNSENT_DIR,
@@ -287,7 +288,7 @@ class MLflowLogger(MLFlowLogger):
        registered as a new version of `registered_model_name` when given (`models.register`);
     5. a run table that compares: only the config keys of `params` as params, and per-epoch
        metrics at step = epoch (Lightning's step is the optimizer step), so that their charts'
-       x-axis counts epochs (`EpochOfMetrics` tells it the epoch of a learning-rate record);
+       x-axis counts epochs (`RunCallback` tells it the epoch of a learning-rate record);
     6. with `log_system_metrics`, MLflow's own monitor of CPU, memory, disk, network (and GPU).
 
     And one thread: the run is created (Lightning's `__init__` and `experiment`, under the
@@ -534,12 +535,18 @@ class MLflowLogger(MLFlowLogger):
             self._post({"register": self.registered_model_name, "description": card})
 
 
-class EpochOfMetrics(Callback):
-    """Tells an `MLflowLogger` each epoch as it starts, before the other callbacks: Lightning's
-    `LearningRateMonitor` logs the epoch's learning rate then, with the optimizer step only."""
+class RunCallback(Callback):
+    """What the training loop tells an `MLflowLogger`'s run: the epoch as it starts, before the
+    other callbacks (Lightning's `LearningRateMonitor` logs the epoch's learning rate then, with
+    the optimizer step only), and the run id in every checkpoint, so that evaluation and resumes
+    log into that run."""
 
     def __init__(self, logger: MLflowLogger) -> None:
+        # The logger, not a function of it: `ddp_spawn` pickles the callbacks.
         self.logger = logger
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         self.logger.epoch = trainer.current_epoch
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict) -> None:
+        checkpoint[RUN_ID_KEY] = self.logger.run_id  # asked at each save: it may be in the making

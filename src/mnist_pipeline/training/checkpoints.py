@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -15,15 +15,11 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from mnist_pipeline.atomic import atomic_write_bytes
 from mnist_pipeline.checkpoint_files import (
     CHECKSUM_KEY,
-    RUN_ID_KEY,
     CheckpointError,
     content_sha256,
     read_checkpoint,
 )
 from mnist_pipeline.training.divergence import DivergedError
-
-if TYPE_CHECKING:
-    from pytorch_lightning.loggers import MLFlowLogger
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +44,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return read_checkpoint(path)
-
-
-class RunIdInCheckpoint(pl.Callback):
-    """Stores the MLflow run id in every checkpoint, so evaluation and resumes log into that run."""
-
-    def __init__(self, logger: MLFlowLogger) -> None:
-        # The logger, not a function of it: `ddp_spawn` pickles the callbacks.
-        self.logger = logger
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint[RUN_ID_KEY] = self.logger.run_id  # asked at each save: it may be in the making
 
 
 class LastCheckpoint(ModelCheckpoint):
