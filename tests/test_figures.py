@@ -171,9 +171,8 @@ def test_digit_walkthrough_layout(
     fixed: bool,
 ) -> None:
     drawn = []
-    save = figures._save
-    monkeypatch.setattr(figures, "_save", lambda fig, path: (drawn.append(fig), save(fig, path)))
-    k = 5
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    k = 2  # the first row's titles, the space between rows, the last row's x labels
     logits = torch.from_numpy(rng.uniform(-1, 1, size=(k, 10)) * logit_scale)
     figures.digit_walkthrough_figure(
         rng.uniform(size=(k, 28, 28)),
@@ -185,8 +184,6 @@ def test_digit_walkthrough_layout(
     )
     (fig,) = drawn
     assert (fig.get_layout_engine() is None) == fixed
-    png = _open_png(tmp_path / "walkthrough.png")
-    assert png.size == (1500, round((2.3 * k + 0.9) * figures.DPI))
     _panels_apart(fig)
 
 
