@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
 from mnist_pipeline.reporting import figures
@@ -51,6 +55,11 @@ def test_confusion_matrix(tmp_path: Path, rng: np.random.Generator) -> None:
     _open_png(tmp_path / "confusion.png")
 
 
+def _pixel_centres(size_px: int) -> np.ndarray:
+    """Offsets of the middle of each of 28 image pixels drawn `size_px` screen pixels wide."""
+    return ((np.arange(28) + 0.5) * size_px / 28).astype(int)
+
+
 @pytest.mark.parametrize("count", [0, 3, 8])
 def test_misclassified(tmp_path: Path, rng: np.random.Generator, count: int) -> None:
     images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
@@ -59,7 +68,21 @@ def test_misclassified(tmp_path: Path, rng: np.random.Generator, count: int) -> 
     figures.misclassified_figure(
         images, labels, probabilities, tmp_path / "wrong.png", max_images=6
     )
-    _open_png(tmp_path / "wrong.png")
+    png = _open_png(tmp_path / "wrong.png")
+    if count == 0:
+        return
+    # Each shown digit, in order, in its cell under its title: ink dark (gray_r), every pixel.
+    shown, cols = min(count, 6), min(count, 6)
+    (cell_w, cell_h), size = figures.MISCLASSIFIED_CELL_PX, figures.MISCLASSIFIED_IMAGE_PX
+    gray = np.asarray(png.convert("L"), dtype=float)
+    left = (png.width - cols * cell_w) // 2 + (cell_w - size) // 2
+    top = figures.MISCLASSIFIED_HEADER_PX + cell_h - size - figures.MISCLASSIFIED_GAP_PX
+    at = _pixel_centres(size)
+    for k in range(shown):
+        row, col = divmod(k, cols)
+        x, y = left + col * cell_w + at, top + row * cell_h + at
+        drawn = gray[np.ix_(y, x)]
+        assert np.abs(drawn - (255 - images[k])).max() <= 3, k
 
 
 def test_training_curves(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -82,6 +105,86 @@ def test_first_layer_weights_size(
     weight = torch.randn(hidden, 784, requires_grad=True)  # as taken from a live nn.Linear
     figures.first_layer_weights_figure(weight, tmp_path / "weights.png", max_neurons=max_neurons)
     assert _open_png(tmp_path / "weights.png").size == size
+
+
+def test_first_layer_weights_colours(tmp_path: Path, rng: np.random.Generator) -> None:
+    # 20 neurons at scales from 0.01 to 100, each weight at least half its neuron's largest:
+    # every cell pixel is clearly red (positive) or blue (negative) whatever the neuron's scale;
+    # an all-zero neuron is the colour scale's white middle, the gaps between cells white.
+    signs = rng.choice([-1.0, 1.0], size=(20, 784))
+    scales = 10.0 ** (np.arange(20) % 5 - 2)
+    weight = signs * rng.uniform(0.5, 1.0, size=(20, 784)) * scales[:, None]
+    weight[7] = 0.0
+    figures.first_layer_weights_figure(torch.from_numpy(weight), tmp_path / "weights.png")
+    rgb = np.asarray(_open_png(tmp_path / "weights.png").convert("RGB"), dtype=int)
+    cell, gap = figures.WEIGHT_CELL_PX, figures.WEIGHT_GAP_PX
+    at = _pixel_centres(cell - gap)
+    for k in range(20):
+        row, col = divmod(k, 16)
+        x = col * cell + gap // 2 + at
+        y = figures.WEIGHT_HEADER_PX + row * cell + gap // 2 + at
+        red, blue = rgb[np.ix_(y, x, [0])][..., 0], rgb[np.ix_(y, x, [2])][..., 0]
+        if k == 7:
+            assert (np.abs(red - 247) <= 2).all() and (np.abs(blue - 247) <= 2).all()
+            continue
+        pattern = signs[k].reshape(28, 28) > 0
+        assert ((red - blue > 50) == pattern).all(), k
+        assert ((blue - red > 50) == ~pattern).all(), k
+    between = rgb[figures.WEIGHT_HEADER_PX : figures.WEIGHT_HEADER_PX + 2 * cell, cell - 1]
+    assert (between == 255).all()
+
+
+def _panels_apart(fig: Figure) -> None:
+    """Everything drawn inside `fig`; no two panels (an axes with its ticks, labels and titles),
+    titles, or a panel and another's title overlapping."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    (suptitle,) = fig.findobj(lambda a: isinstance(a, Text) and a.get_text() == fig.get_suptitle())
+    drawn = [(suptitle, suptitle.get_window_extent(renderer))]
+    for ax in fig.axes:
+        drawn.append((ax, ax.get_tightbbox(renderer)))
+        titles = [t for t in ax.get_children() if isinstance(t, Text) and t.get_text()]
+        drawn += [(title, title.get_window_extent(renderer)) for title in titles]
+    for artist, box in drawn:
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width, artist
+        assert 0 <= box.y0 and box.y1 <= fig.bbox.height, artist
+    for (one, box), (other, other_box) in itertools.combinations(drawn, 2):
+        if one is not other.axes:  # a panel holds its own titles
+            assert not box.overlaps(other_box), (one, other)
+
+
+@pytest.mark.parametrize(
+    ("hidden_range", "logit_scale", "fixed"),
+    [
+        ((0, 12), 15, True),  # a trained relu network's numbers: the fixed grid
+        ((-1, 0), 9, True),  # negative activations, logit ticks "-10.0"
+        ((0, 1), 9000, True),  # the widest tick labels the fixed grid has room for: "-7500"
+        ((0, 1e4), 1e5, False),  # a diverged network's: laid out by measuring them
+    ],
+)
+def test_digit_walkthrough_layout(
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    hidden_range: tuple[float, float],
+    logit_scale: float,
+    fixed: bool,
+) -> None:
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    k = 2  # the first row's titles, the space between rows, the last row's x labels
+    logits = torch.from_numpy(rng.uniform(-1, 1, size=(k, 10)) * logit_scale)
+    figures.digit_walkthrough_figure(
+        rng.uniform(size=(k, 28, 28)),
+        rng.uniform(*hidden_range, size=(k, 128)),
+        logits,
+        logits.softmax(dim=1),
+        rng.integers(0, 10, size=k),
+        tmp_path / "walkthrough.png",
+    )
+    (fig,) = drawn
+    assert (fig.get_layout_engine() is None) == fixed
+    _panels_apart(fig)
 
 
 def test_digit_walkthrough(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -26,8 +26,21 @@ if TYPE_CHECKING:
 DPI = 100
 # The weight grid is laid out in whole pixels so its PNG size is exact (see
 # `first_layer_weights_figure`): square cells, a title band on top and a margin below.
-WEIGHT_CELL_PX, WEIGHT_HEADER_PX, WEIGHT_FOOTER_PX = 80, 90, 10
+WEIGHT_CELL_PX, WEIGHT_HEADER_PX, WEIGHT_FOOTER_PX, WEIGHT_GAP_PX = 80, 90, 10, 4
 WEIGHT_COLUMNS, WEIGHT_MIN_COLUMNS = 16, 8
+# The misclassified digits likewise: (width, height) of a cell, its digit's size, the space under
+# the digit and between the digit and its two-line title above it, a band on top for the title.
+MISCLASSIFIED_CELL_PX, MISCLASSIFIED_IMAGE_PX = (170, 207), 162
+MISCLASSIFIED_GAP_PX, MISCLASSIFIED_TITLE_PAD_PX, MISCLASSIFIED_HEADER_PX = 8, 4, 33
+MISCLASSIFIED_MIN_COLUMNS = 3  # wide enough for the figure's title
+MARGIN_PX = 10  # white around a figure drawn to pixels, as `bbox_inches="tight"` leaves
+# The digit walkthrough's grid, fixed in pixels: measuring it (constrained layout) took a third
+# of its drawing. Room on top for the titles, below for x labels, to the left for "label k", and
+# between axes for x tick labels and a row's title, or a y label and y tick labels of up to 5
+# characters: a working network's numbers (others are measured: see `_short_y_ticks`).
+WALK_EDGES_PX = {"left": 31, "right": MARGIN_PX, "top": 59, "bottom": 53}
+WALK_GAPS_PX = (88, 50)  # between columns, between rows
+WALK_WIDTHS = (1.1, 3.2, 1.7, 1.7)  # image, hidden layer, logits, probabilities
 # The columns of reports/training_curve.csv (`training.curve`), one row per epoch.
 CURVE_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 GUESS_COLOUR, OTHER_COLOUR = "tab:orange", "tab:blue"
@@ -67,27 +80,42 @@ def misclassified_figure(
     """A grid of misclassified digits, each titled with the true label, the guess and 2nd guess."""
     images, labels, probabilities = _numpy(images), _numpy(labels), _numpy(probabilities)
     if len(images) == 0:
-        fig = _figure(figsize=(6, 2))
+        fig = _figure(figsize=(6, 2), layout=None)
         fig.text(0.5, 0.5, "no misclassified digits", ha="center", va="center", fontsize=16)
-        _save(fig, path, tight=False)  # a tight box would shrink to the text
+        _save(fig, path)
         return
     shown = min(len(images), max_images)
     cols = min(shown, 6)
     rows = math.ceil(shown / cols)
-    fig = _figure(figsize=(1.7 * cols, 2.0 * rows + 0.5))
-    fig.suptitle(f"Misclassified test digits ({shown} of {len(images)} shown)", fontsize=13)
+    cell_w, cell_h = MISCLASSIFIED_CELL_PX
+    width_px = max(cols, MISCLASSIFIED_MIN_COLUMNS) * cell_w + 2 * MARGIN_PX
+    left_px = (width_px - cols * cell_w) // 2  # centre the grid when it is narrow
+    height_px = rows * cell_h + MISCLASSIFIED_HEADER_PX
+    fig = _figure(figsize=(width_px / DPI, height_px / DPI), layout=None)
+    fig.suptitle(
+        f"Misclassified test digits ({shown} of {len(images)} shown)",
+        y=1 - MARGIN_PX / height_px,
+        va="top",
+        fontsize=13,
+    )
+    pixels = images[:shown] / 255.0 if images.max() > 1 else images[:shown]
+    # One picture of all the digits, each at the bottom of its cell: the titles go above.
+    top = cell_h - MISCLASSIFIED_IMAGE_PX - MISCLASSIFIED_GAP_PX
+    mosaic = _mosaic(pixels, cols, MISCLASSIFIED_CELL_PX, MISCLASSIFIED_IMAGE_PX, top)
+    fig.figimage(mosaic, left_px, 0, cmap=_colormap("gray_r"), vmin=0, vmax=1, origin="upper")
     ranked = np.argsort(-probabilities, axis=1)
-    pixels = images / 255.0 if images.max() > 1 else images
     for k in range(shown):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(pixels[k], cmap="gray_r", vmin=0, vmax=1)
+        row, col = divmod(k, cols)
         first, second = ranked[k, :2]
-        ax.set_title(
+        fig.text(
+            (left_px + (col + 0.5) * cell_w) / width_px,
+            ((rows - row) * cell_h - top + MISCLASSIFIED_TITLE_PAD_PX) / height_px,
             f"true {labels[k]:g} → {first} ({probabilities[k, first]:.2f})\n"
             f"2nd guess {second} ({probabilities[k, second]:.2f})",
+            ha="center",
+            va="bottom",
             fontsize=9,
         )
-        ax.set_axis_off()
     _save(fig, path)
 
 
@@ -135,24 +163,23 @@ def first_layer_weights_figure(weight: Any, path: str | Path, max_neurons: int =
         va="top",
         fontsize=9,
     )
-    left_px = (width_px - cols * WEIGHT_CELL_PX) / 2  # centre the grid when it is narrow
-    gap_px = 4
-    for k in range(n):
-        row, col = divmod(k, cols)
-        x = left_px + col * WEIGHT_CELL_PX + gap_px / 2
-        y = height_px - WEIGHT_HEADER_PX - (row + 1) * WEIGHT_CELL_PX + gap_px / 2
-        size = WEIGHT_CELL_PX - gap_px
-        ax = fig.add_axes((x / width_px, y / height_px, size / width_px, size / height_px))
-        limit = np.abs(weights[k]).max() or 1.0
-        ax.imshow(
-            weights[k].reshape(28, 28),
-            cmap="RdBu_r",
-            vmin=-limit,
-            vmax=limit,
-            interpolation="nearest",
-        )
-        ax.set_axis_off()
-    _save(fig, path, tight=False)
+    # One picture of all the cells, each neuron scaled by its own largest |weight| so that one
+    # colour scale (-1..1) draws every cell: one image instead of an axes per neuron.
+    limits = np.abs(weights[:n]).max(axis=1, keepdims=True)
+    scaled = (weights[:n] / np.where(limits > 0, limits, 1.0)).reshape(n, 28, 28)
+    image_px = WEIGHT_CELL_PX - WEIGHT_GAP_PX
+    mosaic = _mosaic(scaled, cols, (WEIGHT_CELL_PX, WEIGHT_CELL_PX), image_px, WEIGHT_GAP_PX // 2)
+    left_px = (width_px - cols * WEIGHT_CELL_PX) // 2  # centre the grid when it is narrow
+    fig.figimage(
+        mosaic,
+        left_px,
+        WEIGHT_FOOTER_PX,
+        cmap=_colormap("RdBu_r"),
+        vmin=-1,
+        vmax=1,
+        origin="upper",
+    )
+    _save(fig, path)
 
 
 def digit_walkthrough_figure(
@@ -162,12 +189,9 @@ def digit_walkthrough_figure(
     images, hidden, logits = _numpy(images), _numpy(hidden), _numpy(logits)
     probabilities, labels = _numpy(probabilities), _numpy(labels)
     k = len(images)
-    fig = _figure(figsize=(15, 2.3 * k + 0.9))
-    fig.suptitle(
-        "How the network sees a digit: 784 pixels → hidden layer → 10 logits → softmax",
-        fontsize=14,
-    )
-    axes = np.atleast_2d(fig.subplots(k, 4, width_ratios=(1.1, 3.2, 1.7, 1.7)))
+    fig = _figure(figsize=(15, 2.3 * k + 0.9), layout=None)
+    grid = _grid_px(fig, k, WALK_WIDTHS, WALK_EDGES_PX, WALK_GAPS_PX)
+    axes = np.atleast_2d(fig.subplots(k, 4, gridspec_kw=grid))
     digits = np.arange(logits.shape[1])
     for row, (ax_image, ax_hidden, ax_logits, ax_probs) in enumerate(axes):
         guess = int(probabilities[row].argmax())
@@ -177,7 +201,9 @@ def digit_walkthrough_figure(
         ax_image.set(xticks=[], yticks=[])
         ax_image.set_ylabel(f"label {labels[row]:g}", fontsize=11)
 
-        ax_hidden.bar(np.arange(hidden.shape[1]), hidden[row], width=1.0, color="tab:green")
+        # The bars of width 1 as one filled outline: one patch, not one per neuron.
+        edges = np.arange(hidden.shape[1] + 1) - 0.5
+        ax_hidden.stairs(hidden[row], edges, fill=True, color="tab:green", linewidth=0)
         ax_hidden.set(xlim=(-0.5, hidden.shape[1] - 0.5), ylabel="activation")
 
         ax_logits.bar(digits, logits[row], color=colours)
@@ -205,6 +231,13 @@ def digit_walkthrough_figure(
     axes[-1][1].set_xlabel("hidden neuron")
     axes[-1][2].set_xlabel("digit")
     axes[-1][3].set_xlabel("digit (orange = argmax)")
+    title = "How the network sees a digit: 784 pixels → hidden layer → 10 logits → softmax"
+    if all(_short_y_ticks(ax) for ax in axes[:, 1:3].flat):
+        fig.suptitle(title, y=1 - MARGIN_PX / fig.bbox.height, va="top", fontsize=14)
+    else:  # a diverged network's numbers: lay it out by measuring its tick labels
+        axes[0, 0].get_gridspec().update(wspace=None, hspace=None)  # the engine's spacing
+        _constrained_layout(fig)
+        fig.suptitle(title, fontsize=14)
     _save(fig, path)
 
 
@@ -281,13 +314,91 @@ def finite(value: Any) -> bool:
 def _figure(figsize: tuple[float, float], layout: str | None = "constrained") -> Figure:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=figsize, dpi=DPI, layout=layout)
+    fig = Figure(figsize=figsize, dpi=DPI, layout=None)
+    if layout == "constrained":
+        _constrained_layout(fig)
+    return fig
 
 
-def _save(fig: Figure, path: str | Path, tight: bool = True) -> None:
+def _constrained_layout(fig: Figure) -> None:
+    """Lay `fig` out with constrained layout, MARGIN_PX from its edges: the white around what
+    is drawn that `bbox_inches="tight"` used to leave (see `_save`)."""
+    fig.set_layout_engine("constrained")
+    engine = fig.get_layout_engine()
+    pads = engine.get()  # the engine pads the edges by w_pad and h_pad (inches) already
+    width, height = fig.bbox.width, fig.bbox.height
+    x, y = MARGIN_PX - pads["w_pad"] * DPI, MARGIN_PX - pads["h_pad"] * DPI
+    engine.set(rect=(x / width, y / height, 1 - 2 * x / width, 1 - 2 * y / height))
+
+
+def _short_y_ticks(ax: Axes) -> bool:
+    """Whether the y tick labels `ax` will draw have at most 5 characters ("-7500", "-0.75")
+    and no offset text ("1e5" above the axis): what the walkthrough's fixed grid has room for."""
+    formatter = ax.yaxis.get_major_formatter()
+    ticks = ax.get_yticks()
+    labels = formatter.format_ticks(ticks)  # as drawing does: all ticks, then those in view
+    low, high = sorted(ax.get_ylim())
+    shown = [label for tick, label in zip(ticks, labels, strict=True) if low <= tick <= high]
+    return not formatter.get_offset() and all(len(label) <= 5 for label in shown)
+
+
+def _grid_px(
+    fig: Figure,
+    rows: int,
+    width_ratios: Sequence[float],
+    edges_px: Mapping[str, float],
+    gaps_px: tuple[float, float],
+) -> dict[str, Any]:
+    """`gridspec_kw` of `rows` rows of axes with `width_ratios`, laid out in pixels: `edges_px`
+    (left, right, top, bottom) from the figure's edges and `gaps_px` (between columns, rows)."""
+    width, height = fig.bbox.width, fig.bbox.height
+    gap_x, gap_y = gaps_px
+    cols = len(width_ratios)
+    axes_w = (width - edges_px["left"] - edges_px["right"] - (cols - 1) * gap_x) / cols
+    axes_h = (height - edges_px["top"] - edges_px["bottom"] - (rows - 1) * gap_y) / rows
+    return {
+        "width_ratios": width_ratios,
+        "left": edges_px["left"] / width,
+        "right": 1 - edges_px["right"] / width,
+        "top": 1 - edges_px["top"] / height,
+        "bottom": edges_px["bottom"] / height,
+        "wspace": gap_x / axes_w,  # as fractions of the mean axes width and height
+        "hspace": gap_y / axes_h,
+    }
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    # Drawn once, at the figure's size: bbox_inches="tight" would draw it twice (once to measure
+    # the crop), the most expensive part of a figure; constrained layout already fills it.
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
+    fig.savefig(buffer, format="png", dpi=DPI)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _colormap(name: str) -> Any:
+    """The colormap `name`, white where a mosaic has NaN (between its tiles)."""
+    from matplotlib import colormaps
+
+    return colormaps[name].with_extremes(bad="white")
+
+
+def _mosaic(
+    tiles: np.ndarray, cols: int, cell_px: tuple[int, int], image_px: int, top_px: int
+) -> np.ndarray:
+    """Square `tiles` (n, h, h) as one picture of `cols` columns of (width, height) `cell_px`
+    pixel cells: each tile scaled to `image_px` pixels (nearest pixel), `top_px` below the top
+    of its cell and centred across it; NaN elsewhere. Drawn 1:1 with `Figure.figimage`, so a
+    grid of small pictures costs one image, not an axes each."""
+    n, size = len(tiles), tiles.shape[1]
+    cell_w, cell_h = cell_px
+    rows = math.ceil(n / cols)
+    source = (2 * np.arange(image_px) + 1) * size // (2 * image_px)  # pixel centres, nearest
+    mosaic = np.full((rows * cols, cell_h, cell_w), np.nan)
+    left_px = (cell_w - image_px) // 2
+    mosaic[:n, top_px : top_px + image_px, left_px : left_px + image_px] = tiles[
+        :, source[:, None], source
+    ]
+    return mosaic.reshape(rows, cols, cell_h, cell_w).swapaxes(1, 2).reshape(rows * cell_h, -1)
 
 
 def _numpy(x: Any) -> np.ndarray:
