@@ -40,6 +40,10 @@ PRELOAD = [
     "torchmetrics",
     "mlflow",
     "mlflow.pytorch",
+    "mlflow.pyfunc",
+    "mlflow.store.tracking.sqlalchemy_store",  # a sqlite store's
+    "git",  # MLflow's run tags of the source version
+    "torch.export._trace",  # MLflow's model logging (networkx, sympy: 0.5 s)
     "hydra",
     "optuna",
     "matplotlib.pyplot",
