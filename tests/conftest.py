@@ -39,9 +39,9 @@ SPLITS = {"train": "train", "test": "t10k"}
 # loadscope --no-loadscope-reorder`) hands whole modules out in this order; its own default (most
 # tests first) started the long end-to-end modules last, each finishing alone.
 LONGEST_FIRST = (
-    "test_dvc", "test_cluster", "test_outbox", "test_search", "test_resume", "test_tracking",
-    "test_train", "test_outputs", "test_sweeps", "test_nodes", "test_ddp", "test_run_page",
-    "test_comparison", "test_serve", "test_clean_failures", "test_prediction",
+    "test_cluster", "test_dvc", "test_sweeps", "test_search", "test_outbox", "test_train",
+    "test_tracking", "test_nodes", "test_config", "test_prediction", "test_resume", "test_run_page",
+    "test_ddp", "test_outputs", "test_serve", "test_download", "test_clean_failures",
 )  # fmt: skip
 
 

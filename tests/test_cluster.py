@@ -9,17 +9,25 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+import warm
 from cluster_engines import Postgres, RayCluster, TrackingServer, missing
 from conftest import REPO, make_tiny_mnist, mlflow_runs
 from optuna.trial import TrialState
 
+from mnist_pipeline.search.study import open_storage
+
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-QUICK = ("report=false", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=1")
+# The sweeps' jobs: neither their reports nor MLflow models are asserted (the first training's are).
+QUICK = (
+    "report=false", "logger.mlflow.log_model=false", "+trainer.limit_train_batches=4",
+    "+trainer.limit_val_batches=1",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +93,8 @@ def elsewhere(tmp_path, monkeypatch):
 
 
 def run(argv: list[str], cwd, **popen) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=400, **popen)
+    """`argv` (`python src/<script>.py ...`) run warm (tests/warm.py) to its end, successfully."""
+    result = warm.run(argv, cwd=cwd, capture_output=True, text=True, timeout=400, **popen)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -124,7 +133,7 @@ def test_a_team_tracking_server_on_postgresql(tracking, elsewhere, tmp_path):
     predicted = run(
         [sys.executable, str(REPO / "src/predict.py"), f"model_uri=runs:/{run_id}/model",
          f"image={digit}", "json=true"],
-        cwd=other, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+        cwd=other, env={**os.environ, "MLFLOW_TRACKING_URI": str(tracking)},
     )  # fmt: skip
     assert '"guess"' in predicted.stdout
 
@@ -146,7 +155,28 @@ def test_a_team_tracking_server_on_postgresql(tracking, elsewhere, tmp_path):
 
 
 def study(url: str, name: str = "mnist-mlp") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def test_hosts_started_together_on_a_new_database_all_open_the_study(postgres):
+    """Each creates Optuna's tables if missing; on PostgreSQL all but one of those racing
+    CREATE TABLEs fail (IntegrityError): `open_storage` opens it again."""
+    url = postgres.database("together")
+    start, failures = threading.Barrier(4), []
+
+    def host() -> None:
+        start.wait()
+        try:
+            open_storage(url, heartbeat_interval=1)
+        except Exception as error:  # noqa: BLE001 (reported below)
+            failures.append(repr(error))
+
+    hosts = [threading.Thread(target=host) for _ in range(4)]
+    for thread in hosts:
+        thread.start()
+    for thread in hosts:
+        thread.join()
+    assert failures == []
 
 
 def search(url: str, *overrides: str) -> tuple[str, ...]:
@@ -171,10 +201,11 @@ def test_two_hosts_share_a_study_on_postgresql_and_a_dead_trial_is_redone(postgr
     url = postgres.database("shared_study")
     settings = search(url, "hydra.sweeper.n_trials=4", "trainer.max_epochs=4", "logger=none",
                       "hydra.sweeper.pruner=none")  # fmt: skip
-    a = subprocess.Popen(
+    a = warm.Popen(
         elsewhere("host-a", *settings), cwd=elsewhere.home("host-a"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
+    # Cold: `unshare` gives it a hostname of its own, which a fork of this host cannot have.
     b = subprocess.Popen(
         as_host("other-host", elsewhere("host-b", *settings)), cwd=elsewhere.home("host-b"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -219,7 +250,7 @@ def test_sweeps_and_searches_run_as_ray_tasks(ray_cluster, postgres, tracking, e
         "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_cluster.address}",
         f"logger.mlflow.tracking_uri={tracking}", "logger.mlflow.experiment_name=ray",
     )  # fmt: skip
-    grid = subprocess.Popen(
+    grid = warm.Popen(
         elsewhere("host-a", "-m", "model.hidden=16,32", *QUICK, *ray), cwd=home,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -243,7 +274,7 @@ def test_sweeps_and_searches_run_as_ray_tasks(ray_cluster, postgres, tracking, e
         "+trainer.limit_train_batches=4",
         "logger.mlflow.experiment_name=ray-search",
     )  # fmt: skip
-    searched = subprocess.Popen(
+    searched = warm.Popen(
         elsewhere("host-a", *settings), cwd=home,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

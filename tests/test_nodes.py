@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import warm
 from conftest import REPO, free_port, mlflow_runs
 from omegaconf import OmegaConf
 
@@ -47,8 +48,10 @@ def _two_nodes(tiny_run, tmp_path, launcher: str, *overrides: str) -> None:
             env.update(SLURM_LOCALID="0", SLURM_NODEID=str(node))
             env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         logs.append((tmp_path / f"{launcher}-node{node}.log").open("w"))
+        # torchrun starts its workers itself (cold); SLURM's processes are ours: warm.
+        start = subprocess.Popen if launcher == "torchrun" else warm.Popen
         processes.append(
-            subprocess.Popen(
+            start(
                 argv,
                 cwd=REPO,
                 env=env,

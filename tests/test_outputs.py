@@ -22,7 +22,8 @@ def test_a_held_directory_is_refused_to_another_live_process(tmp_path):
         "with held(Path(sys.argv[1])):\n"
         "    Path(sys.argv[2]).write_text('held'); time.sleep(60)\n"
     )
-    other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(ready)])
+    (tmp_path / "holder.py").write_text(code)
+    other = warm.Popen([sys.executable, str(tmp_path / "holder.py"), str(tmp_path / "run"), ready])
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():

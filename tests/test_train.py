@@ -68,7 +68,12 @@ def test_cnn_trains_and_skips_the_figures_it_has_no_layer_for(train_tiny, tmp_pa
 
 def test_csv_and_tensorboard_loggers_with_a_callback_from_yaml(train_tiny, tmp_path):
     pytest.importorskip("tensorboard")
-    train_tiny("logger=[csv,tensorboard]", "callbacks=[default,lr_monitor]", "scheduler=cosine")
+    train_tiny(
+        "logger=[csv,tensorboard]",
+        "callbacks=[default,lr_monitor]",
+        "scheduler=cosine",
+        "report=false",
+    )
     run_dir = tmp_path / "run"
     with (run_dir / "csv" / "version_0" / "metrics.csv").open() as file:
         rows = list(csv.DictReader(file))

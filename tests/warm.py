@@ -9,7 +9,8 @@ working directory, session (`start_new_session`), stdout/stderr (the pipes or fi
 exit status (SystemExit's code, -N when a signal N ended it), running the script as `__main__`
 with the argv and `sys.path` a cold start gives it. Only the imported modules are shared, copy on
 write. What differs from a cold start: the modules are imported already (so an environment
-variable read at import time, e.g. OMP_NUM_THREADS, is the server's), stdin is /dev/null, and
+variable read at import time, e.g. OMP_NUM_THREADS, is the server's; but Lightning's rank is
+read again), stdin is /dev/null, and
 SIGINT raises KeyboardInterrupt as in a user's shell (a cold child of a non-interactive shell
 inherits SIGINT ignored). Where the start itself is under test (import times, the README's
 commands, DVC, torchrun) tests start `python` cold.
@@ -39,6 +40,10 @@ PRELOAD = [
     "torchmetrics",
     "mlflow",
     "mlflow.pytorch",
+    "mlflow.pyfunc",
+    "mlflow.store.tracking.sqlalchemy_store",  # a sqlite store's
+    "git",  # MLflow's run tags of the source version
+    "torch.export._trace",  # MLflow's model logging (networkx, sympy: 0.5 s)
     "hydra",
     "optuna",
     "matplotlib.pyplot",
@@ -103,6 +108,11 @@ def _main(script: str, argv: list[str], env: dict, cwd: str, base_path: list, fd
     )
     os.environ.clear()
     os.environ.update(env)
+    # Lightning took the process's rank from the environment when the server imported it
+    # (SLURM_PROCID, LOCAL_RANK, ...): taken again from this one's, as its own import would.
+    from lightning_fabric.utilities.rank_zero import _get_rank, rank_zero_only
+
+    rank_zero_only.rank = _get_rank() or 0
     os.chdir(cwd)
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:] = [str(Path(script).parent), *extra, *base_path]

@@ -83,13 +83,23 @@ def open_storage(
     trials beat every `heartbeat_interval` seconds while they run (`beating`); one silent for
     `grace_period` (default twice the interval) is failed and retried (`claim`)."""
     if "://" in location:
+        from sqlalchemy.exc import IntegrityError
+
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-        return RDBStorage(
-            location,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=retry if heartbeat_interval else None,
-        )
+        for attempt in range(3):
+            try:
+                return RDBStorage(
+                    location,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry if heartbeat_interval else None,
+                )
+            except IntegrityError:
+                # Hosts started together on a new database all create Optuna's tables: on
+                # PostgreSQL the losers' CREATE TABLE fails (not atomic across sessions), once
+                # the winner's have committed. Opened again, the tables are there.
+                if attempt == 2:
+                    raise
     Path(location).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(location))
 
