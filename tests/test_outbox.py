@@ -65,8 +65,8 @@ def records(tmp_path, run_id):
             "datasets": [
                 {
                     "name": "mnist-train",
-                    "digest": "0" * 32 + ".dir",
-                    "source": {"uri": "data/raw", "dvc_file": "data.dvc"},
+                    "digest": "0" * 16,
+                    "source": {"uri": "data/mnist"},
                     "context": "training",
                     "rows": 500,
                 }
@@ -113,7 +113,7 @@ def test_records_are_kept_once_the_store_is_out_of_reach_and_synced_in_order(
     (data,) = run.inputs.dataset_inputs
     assert (data.dataset.name, data.dataset.digest, data.tags[0].value) == (
         "mnist-train",
-        "0" * 32 + ".dir",
+        "0" * 16,
         "training",
     )
     outbox.check_sent()  # nothing waits any more

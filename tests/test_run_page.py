@@ -4,6 +4,7 @@ metrics charted against epochs, the dataset as inputs, a model card, registered 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO, _tiny_setup, make_tiny_mnist
 
-from mnist_pipeline.tracking.logger import TrackingError, data_version
+from mnist_pipeline.tracking.logger import TrackingError
 from mnist_pipeline.tracking.models import CHAMPION, register
 
 NAME = "mnist-mlp"
@@ -55,7 +56,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, empty_store):
             train(cfg)
         client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
         found = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        yield SimpleNamespace(client=client, dir=tmp, **{r.info.run_name: r for r in found})
+        yield SimpleNamespace(
+            client=client,
+            dir=tmp,
+            files=make_tiny_mnist(source),
+            **{r.info.run_name: r for r in found},
+        )
 
 
 def test_a_run_compares_in_the_run_table_and_reads_on_its_page(runs):
@@ -111,17 +117,23 @@ def test_a_run_compares_in_the_run_table_and_reads_on_its_page(runs):
     assert "system/system_memory_usage_megabytes" in run.data.metrics
     assert not any(m.startswith("system/") for m in runs.weak.data.metrics)
 
-    # The three splits as dataset inputs, the pinned data version their digest.
+    # The three splits as dataset inputs, their digest the version of the files the data
+    # module verified (the tiny set's, not MNIST's), also tagged; their source where it read them.
+    version = hashlib.sha256(
+        "".join(f"{name} {sha256}\n" for name, sha256 in sorted(runs.files.items())).encode()
+    ).hexdigest()[:16]
+    assert run.data.tags["data.version"] == version
     inputs = {
         d.dataset.name: (d.dataset.digest, d.tags[0].value, json.loads(d.dataset.profile))
         for d in run.inputs.dataset_inputs
     }
     assert inputs == {
-        "mnist-train": (data_version(), "training", {"num_rows": 500}),
-        "mnist-val": (data_version(), "validation", {"num_rows": 100}),
-        "mnist-test": (data_version(), "test", {"num_rows": 200}),
+        "mnist-train": (version, "training", {"num_rows": 500}),
+        "mnist-val": (version, "validation", {"num_rows": 100}),
+        "mnist-test": (version, "test", {"num_rows": 200}),
     }
-    assert json.loads(run.inputs.dataset_inputs[0].dataset.source)["uri"] == "data/raw"
+    source = json.loads(run.inputs.dataset_inputs[0].dataset.source)["uri"]
+    assert source == str(runs.dir / "data" / "mnist")
 
     # The model card: written, logged, its first paragraph the run's description.
     card = (runs.dir / "better" / "model_card.md").read_text()
@@ -133,7 +145,7 @@ def test_a_run_compares_in_the_run_table_and_reads_on_its_page(runs):
         assert part in card
     assert f"model_uri=runs:/{run.info.run_id}/model" in card
     assert f"models:/{NAME}@{CHAMPION}" in card
-    assert data_version() in card
+    assert f"data version {version}." in card
 
 
 def test_versions_are_registered_and_the_champion_moves_only_when_beaten(runs, caplog):

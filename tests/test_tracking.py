@@ -10,10 +10,16 @@ import pytorch_lightning as pl
 from conftest import free_port, mlflow_runs, no_runs
 
 from mnist_pipeline.checkpoint_files import load_network
+from mnist_pipeline.data.datamodule import MNISTDataModule
 from mnist_pipeline.data.download import DownloadError
 from mnist_pipeline.data.idx import load_images_and_labels
 from mnist_pipeline.reporting.evaluation import logits_of
-from mnist_pipeline.tracking.logger import MLflowLogger, TrackingError
+from mnist_pipeline.tracking.logger import (
+    MLflowLogger,
+    TrackingError,
+    data_version,
+    dataset_inputs,
+)
 
 pytest_plugins = ["cluster_engines"]  # mlflow_server
 
@@ -51,7 +57,7 @@ def test_training_run_is_fully_tracked_on_a_tracking_server(tiny_run, mlflow_ser
 
     tags = run.data.tags
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
-    assert tags["data.version"].endswith(".dir")
+    assert len(tags["data.version"]) == 16  # the tiny files' (test_run_page checks the value)
     assert "model.hidden=24" in tags["hydra.overrides"]
     assert tags["hydra.output_dir"] == str(tmp_path / "run")
 
@@ -158,3 +164,23 @@ def test_training_starts_while_the_mlflow_run_is_created(train_tiny, tmp_path, m
     assert run.info.status == "FINISHED"
     assert {"lr-Adam", "train/loss", "val/acc", "test/acc"} <= set(run.data.metrics)
     assert run.data.params["model.hidden"]
+
+
+def test_a_data_version_is_claimed_only_for_the_files_a_data_module_verified(tmp_path):
+    files = {"train-images-idx3-ubyte": "1" * 64, "train-labels-idx1-ubyte": "2" * 64}
+    here, there = (MNISTDataModule(dir=tmp_path / d, files=files) for d in ("here", "there"))
+    version = data_version(here)
+    assert len(version) == 16 and version == data_version(there)  # the data, not its place
+    other = MNISTDataModule(dir=tmp_path / "here", files={**files, "train-labels-idx1-ubyte": "3"})
+    assert data_version(other) != version
+    (train,) = dataset_inputs(here, {"train": 500})
+    assert train == {
+        "name": "mnist-train",
+        "digest": version,
+        "source": {"uri": str(tmp_path / "here")},
+        "context": "training",
+        "rows": 500,
+    }
+    # A user's data module that pins no files: no version, no dataset inputs.
+    assert data_version(pl.LightningDataModule()) is None
+    assert dataset_inputs(pl.LightningDataModule(), {"train": 500}) == []

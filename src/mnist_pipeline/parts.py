@@ -10,6 +10,7 @@ interpolations break DVC's composition.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,14 @@ def build_callbacks(cfg: DictConfig, out: Path) -> list[Callback]:
     return callbacks
 
 
-def build_loggers(cfg: DictConfig, out: Path, mlflow_run_id: str | None = None) -> list[Logger]:
-    """The loggers of `cfg.logger`; an MLflow logger continues `mlflow_run_id` when given.
+def build_loggers(
+    cfg: DictConfig,
+    out: Path,
+    mlflow_run_id: str | None = None,
+    mlflow_tags: Mapping[str, str] | None = None,
+) -> list[Logger]:
+    """The loggers of `cfg.logger`; an MLflow logger continues `mlflow_run_id` when given, else
+    starts a run with `mlflow_tags` besides its config's.
 
     MLflow loggers are built last: building one starts its run, and a logger that cannot be
     built (a missing package) must fail the command before any run is opened.
@@ -75,8 +82,10 @@ def build_loggers(cfg: DictConfig, out: Path, mlflow_run_id: str | None = None) 
         if issubclass(get_class(part._target_), MLFlowLogger):
             if mlflow_run_id:
                 extra["run_id"] = mlflow_run_id
-            elif part.get("run_name", "") is None:
-                extra["run_name"] = default_run_name(cfg.model)
+            else:
+                extra["tags"] = {**(part.get("tags") or {}), **(mlflow_tags or {})}
+                if part.get("run_name", "") is None:
+                    extra["run_name"] = default_run_name(cfg.model)
         try:
             loggers.append(instantiate(part, **extra))
         except Exception as error:

@@ -37,14 +37,14 @@ def model_card(
     """The card, in Markdown.
 
     `metrics`: a `score` of the test set; `summary`: the training's train_metrics.json;
-    `data`: {"version": data.dvc's md5 or None, "splits": {split: images}}; `model_uri`: the
-    MLflow model, if logged; `checkpoint`: the best checkpoint's path, if saved;
+    `data`: {"version": `tracking.logger.data_version` or None, "splits": {split: images}};
+    `model_uri`: the MLflow model, if logged; `checkpoint`: the best checkpoint's path, if saved;
     `registered_name`: the registered model it becomes a version of.
     """
     rows = sorted(digit_rows(metrics), key=lambda row: row["f1"])
     worst = rows[0]
     splits = ", ".join(f"{name} {count:,}" for name, count in data["splits"].items())
-    version = data.get("version") or "not pinned (no data.dvc)"
+    version = data.get("version") or "not pinned"
     taken = (
         f"most often taken for a {worst['mistaken_for']}"
         if worst["mistaken_for"] is not None
@@ -55,7 +55,7 @@ def model_card(
         "",
         f"{describe(net)}: test accuracy {metrics['accuracy']:.2%}, macro F1 "
         f"{metrics['macro_f1']:.4f}; weakest digit {worst['digit']} (F1 {worst['f1']:.4f}, "
-        f"{taken}). {summary['epochs']} epochs on MNIST version {version}.",
+        f"{taken}). {summary['epochs']} epochs on data version {version}.",
         "",
         "## Network",
         "",
@@ -67,7 +67,8 @@ def model_card(
         "",
         "## Data",
         "",
-        f"MNIST, data version {version} (the md5 that data.dvc pins); images per split: {splits}.",
+        f"Data version {version} (a digest of the files' checksums that the data module verified); "
+        f"images per split: {splits}.",
         "",
         "## Metrics",
         "",

@@ -112,7 +112,11 @@ def _train(
         built["data"].prepare_data()
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
     with held(out) if rank_zero_only.rank == 0 else nullcontext():
-        loggers = [] if cfg.trainer.get("fast_dev_run") else build_loggers(cfg, out, run_id)
+        loggers = []
+        if not cfg.trainer.get("fast_dev_run"):
+            version = data_version(built["data"])
+            tags = {"data.version": version} if version else {}
+            loggers = build_loggers(cfg, out, run_id, tags)
         # MLflow's run is being created in the background from here on (see MLflowLogger).
         mlflow = next((lg for lg in loggers if isinstance(lg, MLflowLogger)), None)
         try:
@@ -197,10 +201,10 @@ def _fit_test_report(
         for split in ("train", "val", "test")
         if getattr(datamodule, split, None) is not None
     }
-    card = _card(cfg, net, metrics, summary, splits, mlflow, best, out)
+    data = {"version": data_version(datamodule), "splits": splits}
+    card = _card(cfg, net, metrics, summary, data, mlflow, best, out)
     if mlflow is not None:
-        data = type(datamodule).__name__.removesuffix("DataModule").lower() or "data"
-        if datasets := dataset_inputs(data, splits):
+        if datasets := dataset_inputs(datamodule, splits):
             mlflow.log_datasets(datasets)
         if best:
             mlflow.log_artifact(Path(best), "checkpoints")
@@ -220,7 +224,7 @@ def _card(
     net: Any,
     metrics: dict[str, Any],
     summary: dict[str, Any],
-    splits: dict[str, int],
+    data: dict[str, Any],
     mlflow: MLflowLogger | None,
     best: str | None,
     out: Path,
@@ -233,7 +237,7 @@ def _card(
         net=net,
         metrics=metrics,
         summary=summary,
-        data={"version": data_version(), "splits": splits},
+        data=data,
         model_uri=f"runs:/{mlflow.run_id}/model" if logged else None,
         checkpoint=best,
         registered_name=mlflow.registered_model_name if logged else None,

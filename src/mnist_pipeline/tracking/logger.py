@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -12,7 +13,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pytorch_lightning import Callback, Trainer
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
@@ -104,25 +104,44 @@ def check_registry(uri: str, name: str | None, log_model: bool) -> None:
         )
 
 
-def dataset_inputs(name: str, splits: Mapping[str, int]) -> list[dict[str, Any]]:
+def data_version(datamodule: Any) -> str | None:
+    """A digest of the files `datamodule` verifies (its `files`: name -> SHA-256 of the
+    content), the same wherever the same data is read from; None for a data module that pins
+    none: a version is claimed only for what was checked."""
+    files = getattr(datamodule, "files", None)
+    if not isinstance(files, Mapping) or not files:
+        return None
+    pinned = "".join(f"{name} {sha256}\n" for name, sha256 in sorted(files.items()))
+    return hashlib.sha256(pinned.encode()).hexdigest()[:16]
+
+
+def dataset_inputs(datamodule: Any, splits: Mapping[str, int]) -> list[dict[str, Any]]:
     """The data splits of a training as MLflow dataset inputs (`models.log_datasets`): named
-    `<name>-<split>`, with data.dvc's md5 as digest and its path as source; none when the data
-    is not pinned (no data.dvc)."""
-    pinned = pinned_data()
-    if pinned is None:
+    `<data>-<split>` after the data module's class, with `data_version` as digest and the data
+    module's `dir` as source; none when the data module pins no files."""
+    version = data_version(datamodule)
+    if version is None:
         return []
-    md5, path = pinned
+    name = type(datamodule).__name__.removesuffix("DataModule").lower() or "data"
+    directory = getattr(datamodule, "dir", None)
+    source = _relative(Path(directory)) if directory is not None else name
     contexts = {"train": "training", "val": "validation", "test": "test"}
     return [
         {
             "name": f"{name}-{split}",
-            "digest": md5,
-            "source": {"uri": path, "dvc_file": "data.dvc"},
+            "digest": version,
+            "source": {"uri": source},
             "context": contexts.get(split, split),
             "rows": rows,
         }
         for split, rows in splits.items()
     ]
+
+
+def _relative(path: Path) -> str:
+    """`path` relative to the project root when inside it (the same in every clone)."""
+    path = path.resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -153,21 +172,6 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
-
-
-def pinned_data() -> tuple[str, str] | None:
-    """(md5, path) of what data.dvc pins (the raw MNIST files), if the project has it."""
-    try:
-        pinned = yaml.safe_load((PROJECT_ROOT / "data.dvc").read_text())
-        return str(pinned["outs"][0]["md5"]), str(pinned["outs"][0]["path"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
-        return None
-
-
-def data_version() -> str | None:
-    """The md5 that data.dvc pins for the raw MNIST files, if the project has one."""
-    pinned = pinned_data()
-    return pinned[0] if pinned else None
 
 
 def selected_params(flat: Mapping[str, Any], patterns: Sequence[str] | None) -> dict[str, Any]:
@@ -214,7 +218,7 @@ def mark_orphans(client: MlflowClient, experiment: str, keep: str) -> list[str]:
 
 
 def run_tags() -> dict[str, str]:
-    """Where a run came from: code and data version, Hydra overrides, sweep, DVC experiment."""
+    """Where a run came from: code version, Hydra overrides, sweep, DVC experiment."""
     tags: dict[str, str] = process_tags()
     commit = _git("rev-parse", "HEAD")
     if commit:
@@ -222,8 +226,6 @@ def run_tags() -> dict[str, str]:
         # dvc.lock is the pipeline's own bookkeeping: `dvc repro` updates it between stages.
         changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
         tags["git.dirty"] = str(bool(changes))
-    if version := data_version():
-        tags["data.version"] = version
     hydra = hydra_config()
     if hydra is not None:
         from hydra.types import RunMode

@@ -70,7 +70,8 @@ def _user_code(net: nn.Module) -> set[str]:
 
 def log_datasets(client: MlflowClient, run_id: str, datasets: list[dict[str, Any]]) -> None:
     """The data splits a run used as its dataset inputs: each `{"name", "digest", "source",
-    "context", "rows"}`, the source a DVC-tracked path, the context training/validation/test."""
+    "context", "rows"}`, the source where the data module reads it, the context
+    training/validation/test."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -79,7 +80,7 @@ def log_datasets(client: MlflowClient, run_id: str, datasets: list[dict[str, Any
             Dataset(
                 name=data["name"],
                 digest=data["digest"],
-                source_type="dvc",
+                source_type="local",
                 source=json.dumps(data["source"]),
                 profile=json.dumps({"num_rows": data["rows"]}),
             ),
