@@ -182,6 +182,19 @@ class PlainLoop:
         return _since(start)
 
 
+class SpeedProbe:
+    """A fixed piece of work (PROBE_STEPS steps of the plain loop on one batch of 32), timed
+    right before each measured epoch: how fast the machine is at that moment. On a shared
+    virtual machine it drifts by tens of percent within seconds; dividing each epoch by the
+    probe before it shows how much of a ratio is that drift."""
+
+    def __init__(self, cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loop = PlainLoop(lambda: [(images[:32].float() / 255.0, labels[:32])] * 100, cfg)
+
+    def __call__(self) -> tuple[float, float]:
+        return self.loop.epoch()
+
+
 class EpochTimer(pl.Callback):
     """Times the last epoch (on_train_epoch_start to on_train_end) and its validation pass.
 
@@ -298,7 +311,8 @@ def measure_epochs(
         plain["c", size] = PlainLoop(
             lambda s=size: DataLoader(PerSample(images, labels), s, shuffle=True), cfg
         )
-    for loop in plain.values():
+    probe = SpeedProbe(configs[batch_sizes[0]], images, labels)
+    for loop in (*plain.values(), probe.loop):
         loop.epoch()  # warm-up
 
     # Wall seconds under (variant, size), CPU seconds under ("cpu " + variant, size).
@@ -312,6 +326,7 @@ def measure_epochs(
         for size in batch_sizes:
             for variant in "ablc":
                 gc.collect()
+                record(f"probe {variant}", size, probe())
                 if variant == "l":
                     with contextlib.redirect_stdout(sys.stderr):
                         record("l", size, bare_epoch(configs[size]))
@@ -483,6 +498,29 @@ def report_loop(
                 + "".join(f"{cell:<22}" for cell in cells)
                 + "".join(f"{ratio:>6.2f} " for ratio in ratios)
             )
+    print(
+        "\nThe machine's speed over the same rounds: a fixed probe (100 plain steps at batch 32)\n"
+        "timed right before each epoch above; ratios with each epoch divided by its probe\n"
+        "(the drift taken out; informative: the targets read the plain ratios)"
+    )
+    for size in batch_sizes:
+        probes = [t for v in "ablc" for t in times[f"probe {v}", size]]
+        normalized = {
+            v: [t / p for t, p in zip(times[v, size], times[f"probe {v}", size], strict=True)]
+            for v in "abl"
+        }
+        per_round = {
+            f"{n}/{d}": statistics.median(
+                x / y for x, y in zip(normalized[n], normalized[d], strict=True)
+            )
+            for n, d in (("b", "a"), ("l", "a"))
+        }
+        print(
+            f"{size:>5}  probe {statistics.median(probes) * 1000:.0f} ms "
+            f"({min(probes) * 1000:.0f}-{max(probes) * 1000:.0f}, slowest/fastest "
+            f"{max(probes) / min(probes):.2f}); "
+            + ", ".join(f"{k} {v:.2f}" for k, v in per_round.items())
+        )
     passed = True
     for size, bound in RATIO_TARGETS.items():
         if size not in batch_sizes:
