@@ -1,6 +1,7 @@
 """A tracking store out of reach costs one bounded wait; what it missed is kept and sent later."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -160,7 +161,10 @@ def test_a_kept_model_is_logged_by_sync(tmp_path, sqlite_run, dead_server):
     outbox = Outbox(dead_server[0], tmp_path / UNSENT_DIR, run_id)
     network = {"_target_": "mnist_pipeline.networks.mlp.MLP", "hidden": 8}
     outbox.post(dead_server[1], {"model": model, "network": network, "example": example})
+    outbox.post(dead_server[1], {"register": "kept", "description": "card", "key": "k1"})
     assert (tmp_path / UNSENT_DIR / MODEL_FILE).is_file()
+    kept = tmp_path / "kept-copy"
+    shutil.copytree(tmp_path / UNSENT_DIR, kept)
 
     sync(tmp_path, tracking_uri=uri)
     import mlflow
@@ -169,6 +173,12 @@ def test_a_kept_model_is_logged_by_sync(tmp_path, sqlite_run, dead_server):
     served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(example.numpy())
     with torch.no_grad():
         torch.testing.assert_close(torch.as_tensor(served), model(example))
+    # The records sent again, as after an answer lost on the way back: one version all the same.
+    assert not (tmp_path / UNSENT_DIR).exists()  # all sent
+    shutil.copytree(kept, tmp_path / UNSENT_DIR)
+    sync(tmp_path, tracking_uri=uri)
+    (version,) = client.search_model_versions("name='kept'")
+    assert (version.run_id, version.description) == (run_id, "card")
 
 
 def test_sync_of_a_folder_without_records_names_it(tmp_path):

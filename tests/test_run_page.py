@@ -168,6 +168,16 @@ def test_versions_are_registered_and_the_champion_moves_only_when_beaten(runs, c
         f"the champion stays version 2 (test/acc {runs.better.data.metrics['test/acc']:.4f})"
     ] * 2
 
+    # A registration sent again (its answer lost with the connection: the outbox resends it,
+    # same key) finds the version it made; a new key makes a new one.
+    register(client, weak, NAME, "sent", key="k1")
+    register(client, weak, NAME, "sent again", key="k1")
+    versions = client.search_model_versions(f"name='{NAME}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4, 5]
+    assert client.get_model_version(NAME, "5").description == "sent again"
+    register(client, weak, NAME, "another", key="k2")
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 6
+
 
 def test_the_champion_answers_predict(runs, predict_cli, tmp_path, monkeypatch):
     from PIL import Image, ImageDraw

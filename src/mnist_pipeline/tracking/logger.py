@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -534,7 +535,9 @@ class MLflowLogger(MLFlowLogger):
         example = example.detach().cpu().float()
         self._post({"model": model, "network": dict(config), "example": example})
         if self.registered_model_name:
-            self._post({"register": self.registered_model_name, "description": card})
+            # Its key: a registration sent again after a lost answer makes no second version.
+            key = uuid.uuid4().hex
+            self._post({"register": self.registered_model_name, "description": card, "key": key})
 
 
 class RunCallback(Callback):

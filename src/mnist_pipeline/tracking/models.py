@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the alias of the registered version with the best test accuracy
 SCORE = "test/acc"  # what makes a champion
 DESCRIPTION_LIMIT = 5000  # characters of a model version's description in MLflow's stores
+# A version's tag naming the registration that made it: a registration sent again (its answer
+# was lost with the connection) finds its version instead of making a second one.
+REGISTRATION_TAG = "mnist.registration"
 
 
 def log_model(uri: str, run_id: str, model: nn.Module, example: torch.Tensor) -> None:
@@ -91,10 +94,13 @@ def log_datasets(client: MlflowClient, run_id: str, datasets: list[dict[str, Any
     client.log_inputs(run_id, datasets=inputs)
 
 
-def register(client: MlflowClient, run_id: str, name: str, description: str) -> None:
+def register(
+    client: MlflowClient, run_id: str, name: str, description: str, key: str | None = None
+) -> None:
     """Run `run_id`'s model as a new version of registered model `name`, described by
     `description` (its model card). The alias `champion` moves to it when its test accuracy
-    beats the champion's (a tie keeps the champion); one log line says which."""
+    beats the champion's (a tie keeps the champion); one log line says which. `key` names
+    this registration: given again, the version it made is found, not made twice."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -110,8 +116,16 @@ def register(client: MlflowClient, run_id: str, name: str, description: str) -> 
         # The newest (a resumed run logs its model again), by its own id: a run's `runs:/`
         # path holds no model in MLflow 3 and registering it warns.
         model = max(models, key=lambda logged: logged.creation_timestamp)
-        mlflow.set_tracking_uri(client.tracking_uri)
-        version = mlflow.register_model(f"models:/{model.model_id}", name).version
+        made = []
+        if key is not None:
+            versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            made = [v.version for v in versions if v.tags.get(REGISTRATION_TAG) == key]
+        if made:
+            version = made[0]
+        else:
+            mlflow.set_tracking_uri(client.tracking_uri)
+            tags = {REGISTRATION_TAG: key} if key is not None else None
+            version = mlflow.register_model(f"models:/{model.model_id}", name, tags=tags).version
         client.update_model_version(name, version, description[:DESCRIPTION_LIMIT])
         score = run.data.metrics.get(SCORE)
         try:
@@ -120,6 +134,8 @@ def register(client: MlflowClient, run_id: str, name: str, description: str) -> 
             champion, best = None, None
         else:
             best = _score(client, champion.run_id)
+            if str(champion.version) == str(version):  # this registration's, sent again
+                champion, best = None, None
         if champion is None or (score is not None and (best is None or score > best)):
             client.set_registered_model_alias(name, CHAMPION, version)
             before = f" after version {champion.version} ({_shown(best)})" if champion else ""

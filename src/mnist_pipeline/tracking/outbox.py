@@ -173,7 +173,9 @@ class Outbox:
         elif "register" in record:
             from mnist_pipeline.tracking.models import register
 
-            register(client, self.run_id, record["register"], record["description"])
+            register(
+                client, self.run_id, record["register"], record["description"], record.get("key")
+            )
         elif "status" in record:
             client.set_terminated(self.run_id, record["status"])
         else:
