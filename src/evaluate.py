@@ -6,14 +6,17 @@ Writes metrics.json, confusion.json and figures to the `reports/` beside the che
 
 from omegaconf import DictConfig
 
-from mnist_pipeline import PROJECT_ROOT
-from mnist_pipeline.config import ConfigError, resolve_path, validate
 from mnist_pipeline.stages import entry_point
-from mnist_pipeline.stages.evaluate import evaluate
 
 
 @entry_point("config")
 def main(cfg: DictConfig) -> None:
+    # Imported once Hydra has composed the config: a typo fails in a second, not after
+    # Lightning's ~4 s import.
+    from mnist_pipeline import PROJECT_ROOT
+    from mnist_pipeline.config import ConfigError, resolve_path, validate
+    from mnist_pipeline.stages.evaluate import evaluate
+
     cfg = validate(cfg)
     if not cfg.ckpt_path:
         raise ConfigError("ckpt_path: which checkpoint? give ckpt_path=<checkpoint to score>")

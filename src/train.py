@@ -3,11 +3,14 @@
 from omegaconf import DictConfig
 
 from mnist_pipeline.stages import entry_point
-from mnist_pipeline.stages.train import train
 
 
 @entry_point("config")
 def main(cfg: DictConfig) -> float:
+    # Imported once Hydra has composed the config: a typo fails in a second, not after
+    # Lightning's ~4 s import.
+    from mnist_pipeline.stages.train import train
+
     return train(cfg)
 
 

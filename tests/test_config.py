@@ -1,6 +1,8 @@
 """The config check: every bad value is refused before any work, naming its key."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import pytorch_lightning as pl
@@ -180,6 +182,26 @@ def test_what_hydra_cannot_compose_is_one_line_and_exit_2(cli, script, args, mes
     result = cli(script, *args)
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
     assert "HYDRA_FULL_ERROR" not in os.environ  # set for Hydra's call only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train", "evaluate"])
+def test_what_hydra_cannot_compose_fails_before_lightning_is_imported(script):
+    # A fresh process, as a user runs it: a typo is refused before the 4 s of Lightning.
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['src/{script}.py', 'model.hiden=3']\n"
+        "try:\n"
+        f"    runpy.run_path('src/{script}.py', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    heavy = {'pytorch_lightning', 'lightning', 'torch', 'mlflow'}\n"
+        "    print(stop.code, sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert result.stderr == "error: model.hiden=3: no such key; did you mean model.hidden?\n"
+    assert result.stdout == "2 []\n"
 
 
 @pytest.mark.parametrize(
