@@ -183,7 +183,7 @@ class PlainLoop:
 
 
 class SpeedProbe:
-    """A fixed piece of work (PROBE_STEPS steps of the plain loop on one batch of 32), timed
+    """A fixed piece of work (100 steps of the plain loop on one batch of 32), timed
     right before each measured epoch: how fast the machine is at that moment. On a shared
     virtual machine it drifts by tens of percent within seconds; dividing each epoch by the
     probe before it shows how much of a ratio is that drift."""

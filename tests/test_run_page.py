@@ -32,7 +32,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, empty_store):
     tmp = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
         source = tmp / "tiny_mnist"
-        base = _tiny_setup(tmp, (source, make_tiny_mnist(source)), patch, empty_store)
+        files = make_tiny_mnist(source)
+        base = _tiny_setup(tmp, (source, files), patch, empty_store)
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
         for name, overrides in (
             ("weak", ("trainer.max_epochs=1", "optimizer.lr=0.0003", "model.hidden=8")),
@@ -59,7 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, empty_store):
         yield SimpleNamespace(
             client=client,
             dir=tmp,
-            files=make_tiny_mnist(source),
+            files=files,
             **{r.info.run_name: r for r in found},
         )
 
