@@ -20,6 +20,12 @@ def repository_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or PROJECT_ROOT).resolve()
 
 
+def relative_to_root(path: str | Path, root: Path = PROJECT_ROOT) -> Path:
+    """`path` relative to `root` when inside it (the same in every clone), else as given."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(root) if resolved.is_relative_to(root) else Path(path)
+
+
 def hydra_config() -> Any:
     """The running Hydra job's own config (`HydraConfig`), None outside a Hydra job."""
     from hydra.core.hydra_config import HydraConfig

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnist_pipeline import repository_root
+from mnist_pipeline import relative_to_root, repository_root
 from mnist_pipeline.errors import UserError
 from mnist_pipeline.networks import Probabilities
 from mnist_pipeline.networks import describe as describe_network
@@ -95,8 +95,7 @@ def _from_checkpoint(path: Path) -> Model:
     def predict(pixels: torch.Tensor) -> torch.Tensor:
         return probabilities(pixels.float())
 
-    root = repository_root()
-    shown = path.resolve().relative_to(root) if path.resolve().is_relative_to(root) else path
+    shown = relative_to_root(path, repository_root())
     return Model(predict, net, str(shown), run_id, _test_accuracy(path))
 
 

@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from mnist_pipeline import PROJECT_ROOT, hydra_config, repository_root
+from mnist_pipeline import PROJECT_ROOT, hydra_config, relative_to_root, repository_root
 from mnist_pipeline.checkpoint_files import RUN_ID_KEY
 from mnist_pipeline.processes import gone, lock_beside, this_process
 from mnist_pipeline.tracking.outbox import (
@@ -125,7 +125,7 @@ def dataset_inputs(datamodule: Any, splits: Mapping[str, int]) -> list[dict[str,
         return []
     name = type(datamodule).__name__.removesuffix("DataModule").lower() or "data"
     directory = getattr(datamodule, "dir", None)
-    source = _relative(Path(directory)) if directory is not None else name
+    source = str(relative_to_root(directory)) if directory is not None else name
     contexts = {"train": "training", "val": "validation", "test": "test"}
     return [
         {
@@ -137,12 +137,6 @@ def dataset_inputs(datamodule: Any, splits: Mapping[str, int]) -> list[dict[str,
         }
         for split, rows in splits.items()
     ]
-
-
-def _relative(path: Path) -> str:
-    """`path` relative to the project root when inside it (the same in every clone)."""
-    path = path.resolve()
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
