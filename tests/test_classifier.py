@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import Logger
 from mnist_pipeline.data.datamodule import MNISTDataModule
 from mnist_pipeline.networks.mlp import MLP
 from mnist_pipeline.training.classifier import Classifier
+from mnist_pipeline.training.divergence import DivergedError, StopOnDivergence
 
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)
 SGD = functools.partial(torch.optim.SGD, lr=1.0)
@@ -188,3 +189,22 @@ def test_optimizer_partial_is_completed_with_the_parameters():
     optimizer = Classifier(MLP(hidden=4), sgd).configure_optimizers()
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == 3190
+
+
+@pytest.mark.parametrize("every", [None, 5])
+def test_stop_on_divergence_checks_the_loss_every_n_batches(fit, every):
+    stop = StopOnDivergence(check_every_n_batches=every)
+    with pytest.raises(DivergedError, match="the training diverged") as error:
+        fit(optimizer=functools.partial(torch.optim.SGD, lr=1e12), callbacks=[stop])
+    step = int(str(error.value).split(", step ")[1].split(";")[0])
+    # None: every batch in one CPU process; batch i is checked after optimizer step i + 1.
+    assert stop.every == (every or 1) and step % stop.every == 1 % stop.every
+
+
+def test_stop_on_divergence_checks_sparsely_where_a_check_waits():
+    stop = StopOnDivergence()
+    ddp = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False)
+    stop.setup(ddp, Classifier(MLP(hidden=4), ADAM), "fit")
+    assert stop.every == StopOnDivergence.SPARSE_EVERY
+    with pytest.raises(ValueError, match="check_every_n_batches=0: expected >= 1"):
+        StopOnDivergence(check_every_n_batches=0)
