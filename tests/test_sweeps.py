@@ -154,6 +154,7 @@ def test_the_parent_answers_the_sweep_with_seed_groups(grid):
     best = by_id[max(members, key=lambda r: r["best_val_acc"])["run_id"]]
     assert parent.data.tags[BEST_RUN_TAG] == best.info.run_id
     assert parent.data.tags["sweep.best_run_name"] == best.info.run_name
+    assert {r.data.tags["data.version"] for r in children} == {parent.data.tags["data.version"]}
     for key in ("val/acc_best", "test/acc", "test/loss"):
         assert parent.data.metrics[key] == pytest.approx(best.data.metrics[key]), key
     note = parent.data.tags["mlflow.note.content"]  # the run's description in the UI

@@ -30,6 +30,7 @@ from mnist_pipeline.search.trial import TrialPruning, current_trial
 from mnist_pipeline.stages.outputs import held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import (
+    DATA_VERSION_TAG,
     NOTE_TAG,
     MLflowLogger,
     RunCallback,
@@ -115,7 +116,7 @@ def _train(
         loggers = []
         if not cfg.trainer.get("fast_dev_run"):
             version = data_version(built["data"])
-            tags = {"data.version": version} if version else {}
+            tags = {DATA_VERSION_TAG: version} if version else {}
             loggers = build_loggers(cfg, out, run_id, tags)
         # MLflow's run is being created in the background from here on (see MLflowLogger).
         mlflow = next((lg for lg in loggers if isinstance(lg, MLflowLogger)), None)

@@ -42,6 +42,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 HOST_TAG, PID_TAG = "mnist.host", "mnist.pid"
 # A run's description, shown at the top of its page in the MLflow UI (Markdown).
 NOTE_TAG = "mlflow.note.content"
+# A digest of the pinned checksums of the data a run trained on (`data_version`).
+DATA_VERSION_TAG = "data.version"
 # Hydra's instructions for building an object, not settings of it: never a param.
 HYDRA_FLAGS = ("_partial_", "_recursive_", "_convert_")
 

@@ -19,6 +19,7 @@ from mnist_pipeline import repository_root
 from mnist_pipeline.reporting.figures import finite
 from mnist_pipeline.search import STATE_TAG, STORAGE_TAG, STUDY_TAG
 from mnist_pipeline.tracking.logger import (
+    DATA_VERSION_TAG,
     NOTE_TAG,
     PARENT_RUN_FILE,
     SWEPT_KEYS_FILE,
@@ -239,6 +240,9 @@ def summarise(client: MlflowClient, experiment: str, run_id: str, swept: Sequenc
         (winner,) = [run for run in latest.values() if run.info.run_id == best["run_id"]]
         metrics += [Metric(key, value, now, 0) for key, value in winner.data.metrics.items()]
         tags = [RunTag(BEST_RUN_TAG, best["run_id"]), RunTag("sweep.best_run_name", best["run"])]
+    versions = {run.data.tags.get(DATA_VERSION_TAG) for run in latest.values()}
+    if len(versions) == 1 and None not in versions:  # the children's data, when they share it
+        tags.append(RunTag(DATA_VERSION_TAG, versions.pop()))
     note = client.get_run(run_id).data.tags.get(NOTE_TAG)
     if note is None or note.startswith(NOTE_HEAD):  # not another callback's (the activations')
         tags.append(RunTag(NOTE_TAG, _note(rows, groups, best, swept)))
