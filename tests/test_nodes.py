@@ -133,3 +133,25 @@ def test_two_nodes_train_as_one_job_and_resume_it(tiny_run, tmp_path, monkeypatc
         data / "t10k-images-idx3-ubyte", data / "t10k-labels-idx1-ubyte"
     )
     assert second["test/acc"] == pytest.approx(score(logits_of(model, images), labels)["accuracy"])
+
+
+@pytest.mark.slow
+def test_a_sweep_on_two_nodes_is_one_sweep_with_one_parent_run(tiny_run, tmp_path):
+    # The configured sweep directory (under tmp_path): each process resolves it for itself.
+    conf = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "config.yaml"))
+    configured = conf["hydra"]["sweep"]["dir"].replace("${project_root:}", str(tmp_path))
+    nodes = [option for option in NODES if not option.startswith(("+callbacks", "model."))]
+    sweep = ("-m", "model.hidden=8,16", *nodes, "trainer.max_epochs=1")
+    _two_nodes(tiny_run, tmp_path, "slurm", *sweep, f"hydra.sweep.dir={configured}")
+
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    client, runs = mlflow_runs(tmp_path)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run is not parent]
+    assert sorted(run.data.params["model.hidden"] for run in children) == ["16", "8"]
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert parent.data.metrics["sweep/runs"] == 2
+    # Rank 1 left the parent run to rank 0 (it would have found it only through a shared disk).
+    assert "MLflow parent run" not in (tmp_path / "slurm-node1.log").read_text()

@@ -86,6 +86,10 @@ class SweepParentRun(HydraCallback):
             log.info("MLflow parent run %s: %s", parent.run_id, status)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_pipeline.stages import launch
+
+        if launch.rank() != 0:  # torchrun or SLURM run the sweep on every rank: one parent
+            return
         settings = mlflow_settings(config)
         study = _study(config)
         if study is not None:
