@@ -39,12 +39,10 @@ class StopOnDivergence(pl.Callback):
         if check_every_n_batches is not None and check_every_n_batches < 1:
             raise ValueError(f"check_every_n_batches={check_every_n_batches}: expected >= 1")
         self.check_every_n_batches = check_every_n_batches
-        self.every = check_every_n_batches or 1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.check_every_n_batches is None:
-            one_cpu = trainer.world_size == 1 and isinstance(trainer.accelerator, CPUAccelerator)
-            self.every = 1 if one_cpu else self.SPARSE_EVERY
+        one_cpu = trainer.world_size == 1 and isinstance(trainer.accelerator, CPUAccelerator)
+        self.every = self.check_every_n_batches or (1 if one_cpu else self.SPARSE_EVERY)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, i: int
