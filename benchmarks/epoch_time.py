@@ -124,7 +124,7 @@ def data_dir(source: str, files: Mapping[str, str], workdir: Path) -> Path:
     if Path(source).is_dir() and _verified(Path(source), files):
         return Path(source).resolve()
     fetched = workdir / "mnist"
-    fetch(fetched, files, [source], progress=False)
+    fetch(fetched, files, [source])
     return fetched
 
 

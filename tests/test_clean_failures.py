@@ -164,7 +164,7 @@ def test_tampered_data_and_no_mirror_is_one_line_and_opens_no_mlflow_run(
 
     source, sha256s = tiny_mnist
     data = tmp_path / "data" / "mnist"
-    fetch(data, sha256s, [str(source)], progress=False)
+    fetch(data, sha256s, [str(source)])
     with (data / "train-labels-idx1-ubyte").open("r+b") as file:  # one label changed
         file.seek(20)
         file.write(b"\x09")

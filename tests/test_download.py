@@ -45,7 +45,7 @@ def test_fetch_from_http_mirror(tiny_mnist, http_mirror, tmp_path: Path) -> None
     url = http_mirror(source)
     dest = tmp_path / "dest"
 
-    paths = fetch(dest, sha256s, [url], progress=False)
+    paths = fetch(dest, sha256s, [url])
 
     assert paths == {name: dest / name for name in sha256s}
     assert_fetched(dest, sha256s)
@@ -65,7 +65,7 @@ def test_env_mirror_is_tried_first(
     url = http_mirror(tmp_path / "remote")
     monkeypatch.setenv("MNIST_MIRROR", local.as_uri() if as_url else str(local))
 
-    fetch(tmp_path / "dest", sha256s, [url], progress=False)
+    fetch(tmp_path / "dest", sha256s, [url])
 
     assert_fetched(tmp_path / "dest", sha256s)
     assert url.requests == []
@@ -74,7 +74,7 @@ def test_env_mirror_is_tried_first(
 def test_empty_env_mirror_is_ignored(tiny_mnist, tmp_path: Path, monkeypatch) -> None:
     source, sha256s = tiny_mnist
     monkeypatch.setenv("MNIST_MIRROR", "")
-    fetch(tmp_path / "dest", sha256s, [str(source)], progress=False)
+    fetch(tmp_path / "dest", sha256s, [str(source)])
     assert_fetched(tmp_path / "dest", sha256s)
 
 
@@ -85,7 +85,7 @@ def test_checksum_mismatch_falls_through_to_next_mirror(
     make_tiny_mnist(tmp_path / "other", seed=1)  # valid IDX, different content
     wrong, right = http_mirror(tmp_path / "other"), http_mirror(source)
 
-    fetch(tmp_path / "dest", sha256s, [wrong, right], progress=False)
+    fetch(tmp_path / "dest", sha256s, [wrong, right])
 
     assert_fetched(tmp_path / "dest", sha256s)
     # Both names are asked of the wrong mirror: it could hold a good plain copy.
@@ -110,7 +110,7 @@ def test_bad_mirror_falls_through(
     bad = http_mirror(source, {name + ".gz": behaviour for name in sha256s})
     good = http_mirror(source)
 
-    fetch(tmp_path / "dest", sha256s, [bad, good], progress=False)
+    fetch(tmp_path / "dest", sha256s, [bad, good])
 
     assert_fetched(tmp_path / "dest", sha256s)
     assert len(good.requests) == 4
@@ -150,7 +150,7 @@ def test_parts_left_by_killed_fetches_are_removed(tiny_mnist, tmp_path: Path) ->
     live = dest / f".t10k-labels-idx1-ubyte.{os.getpid()}.0a1b2c3d.part"  # a live parallel fetch
     for part in (*stale, live):
         part.write_bytes(b"half a file")
-    fetch(dest, {IMAGES: sha256s[IMAGES]}, [str(source)], progress=False)
+    fetch(dest, {IMAGES: sha256s[IMAGES]}, [str(source)])
     assert not any(part.exists() for part in stale)
     assert live.exists()
     assert sorted(os.listdir(dest)) == sorted([IMAGES, live.name])
@@ -169,7 +169,7 @@ def test_interrupted_download_leaves_no_temp_file(tiny_mnist, http_mirror, tmp_p
     ctrl_c.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            fetch(dest, {IMAGES: sha256s[IMAGES]}, [url], timeout=5, progress=False)
+            fetch(dest, {IMAGES: sha256s[IMAGES]}, [url], timeout=5)
     finally:
         ctrl_c.cancel()
         signal.signal(signal.SIGINT, previous)
@@ -192,7 +192,7 @@ def test_all_mirrors_failing_raises_one_error_listing_each(
     dest = tmp_path / "dest"
 
     with pytest.raises(DownloadError) as err:
-        fetch(dest, {IMAGES: sha256s[IMAGES]}, mirrors, timeout=2, progress=False)
+        fetch(dest, {IMAGES: sha256s[IMAGES]}, mirrors, timeout=2)
 
     assert str(err.value) == (
         f"could not fetch {IMAGES} (expected sha256 {sha256s[IMAGES]}) from any of 4 mirrors "
@@ -221,11 +221,11 @@ def test_no_mirrors_at_all(tmp_path: Path) -> None:
 def test_verified_files_present_means_no_request(tiny_mnist, http_mirror, tmp_path: Path) -> None:
     source, sha256s = tiny_mnist
     dest = tmp_path / "dest"
-    fetch(dest, sha256s, [str(source)], progress=False)
+    fetch(dest, sha256s, [str(source)])
     mtimes = {name: (dest / name).stat().st_mtime_ns for name in sha256s}
     url = http_mirror(source)
 
-    assert fetch(dest, sha256s, [url], progress=False) == {name: dest / name for name in sha256s}
+    assert fetch(dest, sha256s, [url]) == {name: dest / name for name in sha256s}
 
     assert url.requests == []
     assert {name: (dest / name).stat().st_mtime_ns for name in sha256s} == mtimes
@@ -234,11 +234,11 @@ def test_verified_files_present_means_no_request(tiny_mnist, http_mirror, tmp_pa
 def test_file_with_wrong_content_is_fetched_again(tiny_mnist, http_mirror, tmp_path: Path) -> None:
     source, sha256s = tiny_mnist
     dest = tmp_path / "dest"
-    fetch(dest, sha256s, [str(source)], progress=False)
+    fetch(dest, sha256s, [str(source)])
     (dest / IMAGES).write_bytes(b"stale")
     url = http_mirror(source)
 
-    fetch(dest, sha256s, [url], progress=False)
+    fetch(dest, sha256s, [url])
 
     assert url.requests == [IMAGES + ".gz"]
     assert_fetched(dest, sha256s)
@@ -251,7 +251,7 @@ def test_recompressed_archive_still_verifies(tiny_mnist, http_mirror, tmp_path: 
     assert recompressed != original
     url = http_mirror(source, {IMAGES + ".gz": recompressed})
 
-    fetch(tmp_path / "dest", {IMAGES: sha256s[IMAGES]}, [url], progress=False)
+    fetch(tmp_path / "dest", {IMAGES: sha256s[IMAGES]}, [url])
 
     assert_fetched(tmp_path / "dest", {IMAGES: sha256s[IMAGES]})
     assert url.requests == [IMAGES + ".gz"]
@@ -262,7 +262,7 @@ def test_plain_file_served_under_gz_name_verifies(tiny_mnist, http_mirror, tmp_p
     plain = gzip.decompress((source / f"{IMAGES}.gz").read_bytes())
     url = http_mirror(source, {IMAGES + ".gz": plain})
 
-    fetch(tmp_path / "dest", {IMAGES: sha256s[IMAGES]}, [url], progress=False)
+    fetch(tmp_path / "dest", {IMAGES: sha256s[IMAGES]}, [url])
 
     assert_fetched(tmp_path / "dest", {IMAGES: sha256s[IMAGES]})
     assert url.requests == [IMAGES + ".gz"]
@@ -273,12 +273,12 @@ def test_the_folder_data_dvc_pins_is_made_of_the_verified_files(tiny_mnist, tmp_
     `dvc repro` is clean, and `dvc push data.dvc` has something to push)."""
     source, sha256s = tiny_mnist
     dest, pinned = tmp_path / "mnist", tmp_path / "raw"
-    fetch(dest, sha256s, [str(source)], progress=False, pinned=pinned)
+    fetch(dest, sha256s, [str(source)], pinned=pinned)
     assert sorted(os.listdir(pinned)) == sorted(sha256s)
     for name in sha256s:
         assert os.path.samefile(pinned / name, dest / name)  # hard links: no second copy
     # A folder that is there (pulled with dvc, or the user's) is left as it is.
     (pinned / "note.txt").write_text("mine")
-    fetch(dest, sha256s, [str(source)], progress=False, pinned=pinned)
+    fetch(dest, sha256s, [str(source)], pinned=pinned)
     assert (pinned / "note.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

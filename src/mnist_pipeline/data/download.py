@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -59,7 +58,6 @@ def fetch(
     files: Mapping[str, str],
     mirrors: Sequence[str],
     timeout: float = 30.0,
-    progress: bool = True,
     pinned: str | Path | None = None,
 ) -> dict[str, Path]:
     """Make sure `dest` holds each file in `files` (name -> SHA-256 of decompressed content).
@@ -87,7 +85,7 @@ def fetch(
                 paths[name] = path
                 continue
             log.warning("%s: present but its sha256 differs, fetching it again", path)
-        _fetch_file(path, sha256.lower(), mirrors, timeout, progress)
+        _fetch_file(path, sha256.lower(), mirrors, timeout)
         paths[name] = path
     if pinned is not None and not Path(pinned).exists():
         _pin(paths, Path(pinned))
@@ -132,9 +130,7 @@ def remove_stale_parts(dest: Path) -> None:
             part.unlink(missing_ok=True)
 
 
-def _fetch_file(
-    path: Path, sha256: str, mirrors: Sequence[str], timeout: float, progress: bool
-) -> None:
+def _fetch_file(path: Path, sha256: str, mirrors: Sequence[str], timeout: float) -> None:
     """Fetch one file from the first mirror that serves verified content, or raise."""
     failures = []
     for mirror in mirrors:
@@ -149,7 +145,7 @@ def _fetch_file(
             # Temp file in dest so the final os.replace is an atomic rename on one filesystem.
             tmp = _part(path)
             try:
-                size = _download(url, tmp, timeout, progress and sys.stderr.isatty())
+                size = _download(url, tmp, timeout)
                 _verify(tmp, candidate, sha256)
                 os.replace(tmp, path)
                 log.info("fetched %s from %s (%.2f MB)", path.name, mirror, size / 1e6)
@@ -168,14 +164,15 @@ def _fetch_file(
     raise DownloadError(path.name, sha256, failures)
 
 
-def _download(url: str, tmp: Path, timeout: float, progress: bool) -> int:
-    """Stream `url` into `tmp`; return the number of bytes received."""
+def _download(url: str, tmp: Path, timeout: float) -> int:
+    """Stream `url` into `tmp`; return the number of bytes received. A progress bar on stderr
+    when it is a terminal (tqdm's `disable=None`)."""
     size = 0
     with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "xb") as f:
         total = int(response.headers.get("Content-Length") or 0) or None
         desc = url.rsplit("/", 1)[-1]
         with tqdm(
-            total=total, desc=desc, unit="B", unit_scale=True, leave=False, disable=not progress
+            total=total, desc=desc, unit="B", unit_scale=True, leave=False, disable=None
         ) as bar:
             while chunk := response.read(CHUNK):
                 f.write(chunk)
