@@ -1,4 +1,4 @@
-"""The two helpers every shared file and store goes through: `gone` and `exclusive`, with real
+"""What every shared file and store goes through: `gone` and `filelock.FileLock`, with real
 processes and a lock contended across processes."""
 
 import os
@@ -9,8 +9,9 @@ import sys
 import time
 
 import pytest
+from filelock import FileLock, Timeout
 
-from mnist_pipeline.processes import Timeout, exclusive, gone, lock_beside, this_process
+from mnist_pipeline.processes import gone, lock_beside, this_process
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -19,8 +20,8 @@ def _hold(lock_file, ready):
     """A process that takes the lock on `lock_file`, writes `ready` and keeps it."""
     code = (
         "import sys, time; from pathlib import Path\n"
-        "from mnist_pipeline.processes import exclusive\n"
-        "with exclusive(sys.argv[1]):\n"
+        "from filelock import FileLock\n"
+        "with FileLock(sys.argv[1]):\n"
         "    Path(sys.argv[2]).write_text('held')\n"
         "    time.sleep(60)\n"
     )
@@ -65,12 +66,12 @@ def test_the_lock_keeps_a_second_process_out_until_its_holder_dies(tmp_path):
     try:
         start = time.monotonic()
         with pytest.raises(Timeout):
-            with exclusive(lock_file, timeout=0.5):
+            with FileLock(lock_file, timeout=0.5):
                 pytest.fail("two processes held the lock at once")
         assert time.monotonic() - start >= 0.5  # it waited as long as it was told
         os.kill(holder.pid, signal.SIGKILL)  # no clean-up of its own: the system releases it
         holder.wait()
-        with exclusive(lock_file, timeout=5):
+        with FileLock(lock_file, timeout=5):
             pass
     finally:
         holder.kill()
@@ -84,10 +85,10 @@ def test_processes_taking_turns_lose_no_update(tmp_path):
     counter.write_text("0")
     code = (
         "import sys, time; from pathlib import Path\n"
-        "from mnist_pipeline.processes import exclusive\n"
+        "from filelock import FileLock\n"
         "path = Path(sys.argv[1])\n"
         "for _ in range(50):\n"
-        "    with exclusive(sys.argv[2]):\n"
+        "    with FileLock(sys.argv[2]):\n"
         "        value = int(path.read_text())\n"
         "        time.sleep(0.001)\n"
         "        path.write_text(str(value + 1))\n"
@@ -107,9 +108,9 @@ def test_a_local_store_is_locked_beside_its_file_and_a_server_not(tmp_path, form
     with lock_beside(store, ".lock") as held:
         assert held
         with pytest.raises(Timeout):  # another holder (here: a second lock object) waits
-            with exclusive(tmp_path / "mlflow.db.lock", timeout=0):
+            with FileLock(tmp_path / "mlflow.db.lock", timeout=0):
                 pass
-    with exclusive(tmp_path / "mlflow.db.lock", timeout=0):
+    with FileLock(tmp_path / "mlflow.db.lock", timeout=0):
         pass
     with lock_beside("postgresql://user@127.0.0.1:5432/db", ".lock") as held:
         assert not held

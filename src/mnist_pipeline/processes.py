@@ -1,6 +1,5 @@
-"""Processes sharing files and stores: is the one that left a run, trial or file still there,
-and taking turns through a lock file. `psutil` and `filelock` do the work; here each idea has
-its one name."""
+"""Processes sharing files and stores: is the one that left a run, trial or file still there
+(`psutil`), and taking turns through a lock file beside a store (`filelock`)."""
 
 from __future__ import annotations
 
@@ -10,9 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psutil
-from filelock import FileLock, Timeout
-
-__all__ = ["Timeout", "exclusive", "gone", "lock_beside", "this_process"]
+from filelock import FileLock
 
 
 def this_process() -> tuple[str, int]:
@@ -36,12 +33,6 @@ def gone(pid: int, host: str | None = None) -> bool:
         return False
 
 
-# `exclusive(lock_file, timeout=-1)`: a lock file (created with its folder if missing) as a
-# context manager: processes of one machine take turns; the system releases it when its holder
-# dies. `timeout` seconds (-1: forever, 0: no wait) before `Timeout` is raised.
-exclusive = FileLock
-
-
 @contextmanager
 def lock_beside(store: str, suffix: str) -> Iterator[bool]:
     """Hold the lock file `<file><suffix>` beside a local store (a file path or a `sqlite:///`
@@ -50,5 +41,5 @@ def lock_beside(store: str, suffix: str) -> Iterator[bool]:
     if "://" in path:
         yield False
         return
-    with exclusive(path + suffix):
+    with FileLock(path + suffix):  # released by the system when its holder dies
         yield True

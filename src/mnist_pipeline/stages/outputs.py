@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from mnist_pipeline import PROJECT_ROOT, hydra_config
 from mnist_pipeline.config import ConfigError, resolve_path
-from mnist_pipeline.processes import Timeout, exclusive
 
 LOCK_FILE = ".lock"
 
@@ -35,7 +35,7 @@ def held(directory: Path) -> Iterator[Path]:
     the directory can then be taken over.
     """
     try:
-        lock = exclusive(directory / LOCK_FILE, timeout=0).acquire()
+        lock = FileLock(directory / LOCK_FILE, timeout=0).acquire()
     except Timeout:
         raise ConfigError(
             f"output directory {directory} is in use by another training; give each training "
