@@ -90,7 +90,7 @@ def validate(cfg: DictConfig, built: dict[str, Any] | None = None) -> DictConfig
 
 def _describe(error: OmegaConfBaseException) -> str:
     key = getattr(error, "full_key", None)
-    message = str(error).splitlines()[0]
+    message = first_line(error)
     return f"{key}: {message}" if key else f"invalid config: {message}"
 
 

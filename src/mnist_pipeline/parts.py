@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import Logger, MLFlowLogger
 from torch import nn
 
 from mnist_pipeline.config import RUN_DIR_KEYS, ConfigError
+from mnist_pipeline.errors import first_line
 from mnist_pipeline.tracking.logger import default_run_name
 from mnist_pipeline.training.classifier import Classifier
 
@@ -91,7 +92,7 @@ def build_loggers(
         except Exception as error:
             cause = error.__cause__ or error  # Hydra wraps the class's error in its own
             if isinstance(cause, ImportError):  # an optional package, e.g. tensorboard
-                reason = str(cause).strip().splitlines()[0]
+                reason = first_line(cause)
                 raise ConfigError(
                     f"logger.{name}: {reason} (pip install -e '.[{name}]' for this project's extra)"
                 ) from error

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mnist_pipeline import installed
+from mnist_pipeline.errors import first_line
 from mnist_pipeline.tracking.outbox import TrackingError
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def register(
     except Exception as error:
         if out_of_reach(error):  # kept, and registered once the store is back
             raise
-        reason = str(getattr(error, "message", error)).strip().splitlines()[0]
+        reason = first_line(error)
         raise TrackingError(
             f"logger.mlflow.registered_model_name={name}: could not register the model of run "
             f"{run_id} in {client.tracking_uri} ({reason})"
