@@ -140,6 +140,13 @@ def _remove_unused_output_dir() -> None:
     out = Path(hydra.runtime.output_dir)
     own = {hydra.output_subdir, f"{hydra.job.name}.log"}
     if out.is_dir() and {path.name for path in out.iterdir()} <= own:
+        for handler in logging.root.handlers[:]:  # Hydra's job log, in the folder going away
+            if (
+                isinstance(handler, logging.FileHandler)
+                and Path(handler.baseFilename).parent == out
+            ):
+                logging.root.removeHandler(handler)
+                handler.close()
         shutil.rmtree(out)
         # And the folders made for it, if it was their only run: outputs/runs/<day>/.
         with contextlib.suppress(OSError):  # not empty
