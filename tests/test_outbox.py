@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_records_are_kept_once_the_store_is_out_of_reach_and_synced_in_order(
     assert [(m.step, m.value) for m in history] == [(10, 0.5), (20, 0.75)]
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "reports"}
     table = json.loads(
-        open(client.download_artifacts(run_id, "reports/t.json", str(tmp_path))).read()
+        Path(client.download_artifacts(run_id, "reports/t.json", str(tmp_path))).read_text()
     )
     assert table == {"columns": ["digit", "f1"], "data": [[0, 0.9], [1, 0.8]]}
     (data,) = run.inputs.dataset_inputs
