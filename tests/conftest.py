@@ -30,7 +30,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import warm
+
+# Helpers with asserts of their own, imported by test modules (and as a plugin): rewritten too.
+pytest.register_assert_rewrite("cluster_engines", "warm")
+import warm  # noqa: E402
 
 SPLITS = {"train": "train", "test": "t10k"}
 
