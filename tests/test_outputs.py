@@ -87,7 +87,7 @@ def test_trainings_started_together_on_a_fresh_store_keep_apart(tiny_run, tmp_pa
 
 
 def test_a_published_training_replaces_the_outputs_only_when_it_succeeds(
-    cli, tiny_cli_overrides, tmp_path
+    cli, tiny_cli_overrides, tmp_path, recwarn
 ):
     """What the DVC train stage does: train in a staging directory, publish into the
     repository at the end; a training that fails mid-way leaves the last good outputs."""
@@ -108,8 +108,14 @@ def test_a_published_training_replaces_the_outputs_only_when_it_succeeds(
     assert (target / "checkpoints" / "best.ckpt").read_bytes() == b"the last good one"
     assert (target / "reports" / "training_curve.csv").read_text() == "epoch\n0\n1\n"
 
+    assert (staging / "checkpoints" / "last.ckpt").is_file()  # saved on the way out
+    (staging / "reports").mkdir(exist_ok=True)
+    (staging / "reports" / "stale.png").write_bytes(b"of the failed training")
+
     assert cli("train", *tiny_cli_overrides, *paths).returncode == 0
     assert sorted(p.name for p in (target / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not (target / "reports" / "stale.png").exists()  # the failed run's leftovers went
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
     curve = (target / "reports" / "training_curve.csv").read_text().splitlines()
     assert len(curve) == 3  # a header and the 2 epochs of this training
     assert (target / "reports" / "metrics.json").read_text() == "{}"

@@ -45,6 +45,13 @@ def held(directory: Path) -> Iterator[Path]:
         yield directory
 
 
+def clear_staging(staging: Path) -> None:
+    """Remove the `checkpoints/` and `reports/` that a failed training left in `staging`: a new
+    training there starts afresh and publishes nothing of the one before."""
+    for name in ("checkpoints", "reports"):
+        shutil.rmtree(staging / name, ignore_errors=True)
+
+
 def publish(staging: Path, target: Path) -> None:
     """Move a finished training's `checkpoints/` and `reports/` from `staging` into `target`.
 

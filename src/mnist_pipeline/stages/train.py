@@ -27,7 +27,7 @@ from mnist_pipeline.reporting.evaluation import log_report, logits_of, score, wr
 from mnist_pipeline.reporting.model_card import FILE as CARD_FILE
 from mnist_pipeline.reporting.model_card import card_summary, model_card
 from mnist_pipeline.search.trial import TrialPruning, current_trial
-from mnist_pipeline.stages.outputs import held, output_dir, publish
+from mnist_pipeline.stages.outputs import clear_staging, held, output_dir, publish
 from mnist_pipeline.stages.params import warn_if_params_stale
 from mnist_pipeline.tracking.logger import (
     DATA_VERSION_TAG,
@@ -113,6 +113,8 @@ def _train(
         built["data"].prepare_data()
     # fast_dev_run logs nothing (Lightning swaps the loggers out): then open no run at all.
     with held(out) if rank_zero_only.rank == 0 else nullcontext():
+        if cfg.paths.publish_dir and resume is None and rank_zero_only.rank == 0:
+            clear_staging(out)
         loggers = []
         if not cfg.trainer.get("fast_dev_run"):
             version = data_version(built["data"])
