@@ -1,6 +1,6 @@
 """Seconds per training epoch: plain PyTorch vs the pipeline, in one process and end to end.
 
-Measures, in interleaved rounds (a, b, c, a, b, c, ...):
+Measures, in interleaved rounds (a, b, l, m, c, a, b, ...):
   the training loop alone, in this process (median per variant):
   (a) a plain PyTorch loop over in-memory tensors: the practical limit;
   (b) the training part of an epoch of the pipeline as `mnist_pipeline.stages.train.train` runs
@@ -8,6 +8,9 @@ Measures, in interleaved rounds (a, b, c, a, b, c, ...):
   (c) a typical per-sample `Dataset` + `DataLoader(shuffle=True, num_workers=0)` feeding (a)'s loop;
   (l) a bare `LightningModule` (the same network, `F.cross_entropy`, Adam) on the data module's
       batches in a `pl.Trainer` with no callback, logger or progress bar: Lightning's own floor;
+  (m) the pipeline's `LightningModule` (`Classifier`: its train loss and accuracy metrics) in
+      (l)'s bare Trainer: (l) to (m) is what the module adds, (m) to (b) the callbacks, loggers
+      and progress bar;
   whole epochs as a user waits for them, (T(8 epochs) - T(1 epoch)) / 7 of a command (minimum
   over the rounds): everything an epoch costs, validation, checkpoints and logging included:
   (d) `python src/train.py` (MLflow on a temporary sqlite store) against
@@ -47,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from mnist_pipeline import PROJECT_ROOT
 from mnist_pipeline.config import build_datamodule, validate
 from mnist_pipeline.data.download import MIRROR_ENV, fetch, sha256_of
+from mnist_pipeline.parts import build_classifier
 from mnist_pipeline.stages.train import train
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -248,8 +252,9 @@ class BareModule(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def bare_epoch(cfg: DictConfig) -> tuple[float, float]:
-    """(l): the second epoch of `BareModule` on the pipeline's data module, (wall, CPU) seconds."""
+def bare_epoch(cfg: DictConfig, module: pl.LightningModule) -> tuple[float, float]:
+    """(l), (m): the second epoch of `module` on the pipeline's data module in a Trainer without
+    callbacks, logger or progress bar; (wall, CPU) seconds."""
     timer = EpochTimer()
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -262,7 +267,7 @@ def bare_epoch(cfg: DictConfig) -> tuple[float, float]:
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    trainer.fit(BareModule(cfg), datamodule=build_datamodule(cfg.data))
+    trainer.fit(module, datamodule=build_datamodule(cfg.data))
     return timer.epoch
 
 
@@ -324,12 +329,18 @@ def measure_epochs(
 
     for round_ in range(1, rounds + 1):
         for size in batch_sizes:
-            for variant in "ablc":
+            for variant in "ablmc":
                 gc.collect()
                 record(f"probe {variant}", size, probe())
-                if variant == "l":
+                if variant in "lm":
+                    cfg = configs[size]
+                    module = (
+                        BareModule(cfg)
+                        if variant == "l"
+                        else build_classifier(cfg, instantiate(cfg.model))
+                    )
                     with contextlib.redirect_stdout(sys.stderr):
-                        record("l", size, bare_epoch(configs[size]))
+                        record(variant, size, bare_epoch(cfg, module))
                 elif variant == "b":
                     out = workdir / f"run-{round_}-{size}"
                     cfg = pipeline_config([*overrides[size], f"paths.output_dir={_quote(out)}"])
@@ -481,12 +492,24 @@ def report_loop(
         "(c) per-sample Dataset + DataLoader(shuffle=True, num_workers=0), (a)'s loop\n"
         "(l) bare LightningModule on the data module's batches, Trainer without callbacks,\n"
         "    logger or bar: what Lightning's loop costs by itself\n"
+        "(m) the pipeline's LightningModule (its train metrics) in (l)'s bare Trainer\n"
         "ratios: median of the per-round ratios\n"
     )
-    columns = ("a", "b", "val", "l", "c")
-    pairs = (("b", "a"), ("l", "a"), ("c", "b"))
-    header = ("(a) plain", "(b) pipeline", "(b) val pass", "(l) bare Lightning", "(c) per-sample")
-    print(f"{'batch':>5}  " + "".join(f"{h:<22}" for h in header) + "   b/a    l/a    c/b")
+    columns = ("a", "b", "val", "l", "m", "c")
+    pairs = (("b", "a"), ("l", "a"), ("m", "a"), ("c", "b"))
+    header = (
+        "(a) plain",
+        "(b) pipeline",
+        "(b) val pass",
+        "(l) bare Lightning",
+        "(m) its module",
+        "(c) per-sample",
+    )
+    print(
+        f"{'batch':>5}  "
+        + "".join(f"{h:<22}" for h in header)
+        + "".join(f"{f'{n}/{d}':>7}" for n, d in pairs)
+    )
     for clock in ("", "cpu "):
         if clock:
             print("CPU time of this process (one thread: contention-proof), same epochs:")
@@ -504,16 +527,16 @@ def report_loop(
         "(the drift taken out; informative: the targets read the plain ratios)"
     )
     for size in batch_sizes:
-        probes = [t for v in "ablc" for t in times[f"probe {v}", size]]
+        probes = [t for v in "ablmc" for t in times[f"probe {v}", size]]
         normalized = {
             v: [t / p for t, p in zip(times[v, size], times[f"probe {v}", size], strict=True)]
-            for v in "abl"
+            for v in "ablm"
         }
         per_round = {
             f"{n}/{d}": statistics.median(
                 x / y for x, y in zip(normalized[n], normalized[d], strict=True)
             )
-            for n, d in (("b", "a"), ("l", "a"))
+            for n, d in (("b", "a"), ("l", "a"), ("m", "a"))
         }
         print(
             f"{size:>5}  probe {statistics.median(probes) * 1000:.0f} ms "
