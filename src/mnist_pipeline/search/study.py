@@ -54,7 +54,8 @@ MAX_ASKS = 100
 MAX_RETRIES = 1
 # Optuna warns that heartbeats are meant for `Study.optimize`, which beats for its trials itself:
 # the sweeper asks and tells (its trials run in a launcher's jobs) and beats for them (`beating`).
-warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")
+# Its ExperimentalWarnings are told as the caller's (this module's), so no `module=` filter.
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO line per trial: ours say it
 
