@@ -104,7 +104,7 @@ def test_sigkill_then_resume_continues_the_same_run(tiny_run, train_tiny, uninte
 
 @pytest.mark.slow
 def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(
-    tiny_run, train_tiny, uninterrupted, tmp_path, caplog
+    tiny_run, train_tiny, uninterrupted, tmp_path, caplog, recwarn
 ):
     process = _start_and_wait_for_epochs(tiny_run, tmp_path, epochs=1)
     process.send_signal(signal.SIGTERM)
@@ -121,6 +121,7 @@ def test_sigterm_saves_last_checkpoint_and_marks_the_run_killed(
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     train_tiny(*SLOW, f"ckpt_path={last}")
     _same_training(tmp_path / "run", uninterrupted)
+    assert not [w for w in recwarn if "is not empty" in str(w.message)]  # its own checkpoints
 
     # Resuming the finished run again: nothing to do, nothing logged twice.
     _, (before,) = mlflow_runs(tmp_path)

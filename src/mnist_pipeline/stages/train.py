@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -167,6 +168,8 @@ def _fit_test_report(
         logger.log_hyperparams(params)
     if mlflow is not None:
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    if resume is not None:  # Lightning's warning of files in the checkpoint directory: its own
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     with ctrl_c_exits_130(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     checkpoint = next(
