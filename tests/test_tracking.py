@@ -103,6 +103,8 @@ def test_failing_run_ends_failed(train_tiny, tmp_path):
         train_tiny("+callbacks.oom._target_=conftest.AllocateTooMuch")
     _, runs = mlflow_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
+    # Its artifacts go beside the sqlite store, not to ./mlruns of the working directory.
+    assert runs[0].info.artifact_uri.startswith((tmp_path / "mlruns" / "mnist").as_uri())
 
 
 def test_unreachable_server_fails_fast(train_tiny, tmp_path, monkeypatch):

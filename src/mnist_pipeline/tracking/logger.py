@@ -328,7 +328,6 @@ class MLflowLogger(MLFlowLogger):
             "experiment_name": experiment_name,
             "run_name": None if run_id else run_name or "training",
             "tracking_uri": self.uri,
-            "artifact_location": artifact_location(self.uri, experiment_name),
             "run_id": run_id,
             "log_model": False,  # the train stage logs the best checkpoint and model itself
         }
