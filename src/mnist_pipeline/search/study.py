@@ -52,6 +52,8 @@ DUPLICATE_ATTR = "duplicate_of"
 MAX_ASKS = 100
 # Times a trial whose process died is run again (same point) before a new point replaces it.
 MAX_RETRIES = 1
+# PostgreSQL's error codes of a CREATE that lost a race: duplicate_table, duplicate_object.
+PG_ALREADY_EXISTS = ("42P07", "42710")
 # Optuna warns that heartbeats are meant for `Study.optimize`, which beats for its trials itself:
 # the sweeper asks and tells (its trials run in a launcher's jobs) and beats for them (`beating`).
 # Its ExperimentalWarnings are told as the caller's (this module's), so no `module=` filter.
@@ -84,7 +86,7 @@ def open_storage(
     trials beat every `heartbeat_interval` seconds while they run (`beating`); one silent for
     `grace_period` (default twice the interval) is failed and retried (`claim`)."""
     if "://" in location:
-        from sqlalchemy.exc import IntegrityError
+        from sqlalchemy.exc import DBAPIError, IntegrityError
 
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
         for attempt in range(3):
@@ -95,11 +97,15 @@ def open_storage(
                     grace_period=grace_period,
                     heartbeat_stale_trial_callback=retry if heartbeat_interval else None,
                 )
-            except IntegrityError:
-                # Hosts started together on a new database all create Optuna's tables: on
-                # PostgreSQL the losers' CREATE TABLE fails (not atomic across sessions), once
-                # the winner's have committed. Opened again, the tables are there.
-                if attempt == 2:
+            except DBAPIError as error:
+                # Hosts started together on a new database all create Optuna's tables (and
+                # alembic's): on PostgreSQL the losers' CREATE TABLE fails once the winner's has
+                # committed (not atomic across sessions), as a duplicate key in the catalog or
+                # as "type ... already exists". Opened again, the tables are there.
+                raced = isinstance(error, IntegrityError) or (
+                    getattr(error.orig, "sqlstate", None) in PG_ALREADY_EXISTS
+                )
+                if attempt == 2 or not raced:
                     raise
     Path(location).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(location))
