@@ -203,8 +203,10 @@ def test_two_hosts_share_a_study_on_postgresql_and_a_dead_trial_is_redone(postgr
     url = postgres.database("shared_study")
     settings = search(url, "hydra.sweeper.n_trials=4", "trainer.max_epochs=4", "logger=none",
                       "hydra.sweeper.pruner=none")  # fmt: skip
+    # Host A's trials are long: it is killed mid-trial, never between a trial's last epoch
+    # and its tell (4 epochs of the tiny data could all fit between two polls below).
     a = warm.Popen(
-        elsewhere("host-a", *settings), cwd=elsewhere.home("host-a"),
+        elsewhere("host-a", *settings, "trainer.max_epochs=100"), cwd=elsewhere.home("host-a"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     # Cold: `unshare` gives it a hostname of its own, which a fork of this host cannot have.
