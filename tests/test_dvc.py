@@ -61,6 +61,8 @@ def project(tmp_path, tiny_mnist, http_mirror, monkeypatch, empty_store):
     params["logger"]["mlflow"]["log_model"] = False  # not DVC's: test_tracking.py's
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.delenv("MNIST_MIRROR", raising=False)
+    # As a user's shell: the stages write Python's bytecode caches into src/ as they import.
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(tmp_path / "mlflow.db"))
     git = {
         "GIT_AUTHOR_NAME": "t",
